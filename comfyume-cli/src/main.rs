@@ -1,0 +1,2 @@
+//! The `comfyume` command.
+fn main() {}

@@ -1,0 +1,170 @@
+//! Inference providers: the things that actually run workflows (a ComfyUI on a GPU box, serverless GPU
+//! containers, a simulated worker in tests).
+//!
+//! The dispatcher hands a provider a job only when [`InferenceProvider::capacity`] says it has a free slot,
+//! so the provider's own queue can never undo comfyume's order, and queued jobs stay cancellable.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::job::{Failure, FailureKind, Job, JobId};
+use crate::sink::Artifact;
+
+/// What a provider reports about a job it runs, in order. The stream ends after exactly one terminal
+/// event ([`ProviderEvent::Completed`] or [`ProviderEvent::Failed`]); a stream that ends without one is
+/// treated as an infrastructure failure.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum ProviderEvent {
+    /// The job is accepted but waits for capacity to appear (a serverless cold start). Not an error.
+    Waiting {
+        /// What is being waited for, in words ("waiting for a GPU to start").
+        message: String,
+    },
+    /// Execution started.
+    Started,
+    /// A node began executing.
+    Executing {
+        /// The node id.
+        node: String,
+    },
+    /// Some nodes were served from the provider's cache.
+    Cached {
+        /// Their ids.
+        nodes: Vec<String>,
+    },
+    /// A node reported progress (sampler steps, frames).
+    Progress {
+        /// The node id, when known.
+        node: Option<String>,
+        /// Steps done.
+        value: u64,
+        /// Steps in all.
+        max: u64,
+    },
+    /// A node finished and reported its UI output (ComfyUI's `executed.output`, as sent).
+    Executed {
+        /// The node id.
+        node: String,
+        /// The node's output description, unchanged.
+        output: serde_json::Value,
+    },
+    /// A preview image (binary websocket frame), for live display only; never stored.
+    Preview {
+        /// MIME type (`image/png`, `image/jpeg`, …).
+        content_type: String,
+        /// The image bytes.
+        data: Bytes,
+    },
+    /// A file the job produced; the dispatcher hands it to the owner's output sink.
+    Artifact(Artifact),
+    /// A provider message without a typed counterpart, passed through for UIs that understand it.
+    Other {
+        /// The message type.
+        kind: String,
+        /// Its payload, unchanged.
+        data: serde_json::Value,
+    },
+    /// The job finished successfully; every artifact has been sent before this.
+    Completed,
+    /// The job failed; the failure's kind says whose fault it was.
+    Failed(Failure),
+}
+
+impl ProviderEvent {
+    /// True for `Completed` and `Failed`.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, ProviderEvent::Completed | ProviderEvent::Failed(_))
+    }
+}
+
+/// The events of one submitted job.
+pub type ProviderEventStream = BoxStream<'static, ProviderEvent>;
+
+/// How much a provider can take right now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    /// Jobs it can run at once right now (healthy slots, including busy ones).
+    pub slots: usize,
+}
+
+/// A provider's health, as last observed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Health {
+    /// Answering and able to run jobs.
+    Healthy,
+    /// Some capacity is missing (e.g. one of several GPU boxes does not answer).
+    Degraded {
+        /// What is wrong.
+        reason: String,
+    },
+    /// Cannot run jobs now.
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Health {
+    /// True unless `Unavailable`.
+    pub fn is_usable(&self) -> bool {
+        !matches!(self, Health::Unavailable { .. })
+    }
+}
+
+/// Why a provider refused or lost a job before it could produce events.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProviderError {
+    /// The workflow itself is wrong (ComfyUI answered 400): the user's fault, never retried.
+    #[error("{0}")]
+    Rejected(Failure),
+    /// The provider could not be reached or had no room: retried elsewhere or later.
+    #[error("provider unavailable: {0}")]
+    Unavailable(String),
+    /// The provider answered something that makes no sense.
+    #[error("provider protocol error: {0}")]
+    Protocol(String),
+}
+
+impl ProviderError {
+    /// This error as a job failure with the right kind.
+    pub fn into_failure(self) -> Failure {
+        match self {
+            ProviderError::Rejected(f) => f,
+            ProviderError::Unavailable(m) => Failure::new(FailureKind::ProviderUnavailable, m),
+            ProviderError::Protocol(m) => Failure::new(FailureKind::ProviderError, m),
+        }
+    }
+}
+
+/// A place that runs ComfyUI workflows. Object safe: providers are chosen from the config at run time and
+/// held as `Arc<dyn InferenceProvider>`.
+#[async_trait]
+pub trait InferenceProvider: Send + Sync {
+    /// A short stable name for logs, metrics and the admin page ("gpu-box", "verda-h200").
+    fn name(&self) -> &str;
+
+    /// How many jobs it can run at once now. The dispatcher keeps count of what it has handed out and
+    /// submits only while fewer than `slots` are in flight here.
+    fn capacity(&self) -> Capacity;
+
+    /// Starts a job. Returns once the provider accepted it; events follow on the stream.
+    async fn submit(&self, job: &Job) -> Result<ProviderEventStream, ProviderError>;
+
+    /// Stops a job, queued or running on the provider. Idempotent; unknown jobs are not an error.
+    async fn cancel(&self, job: JobId) -> Result<(), ProviderError>;
+
+    /// Checks whether the provider can take jobs.
+    async fn health(&self) -> Health;
+
+    /// How long to wait between health checks of this provider.
+    fn health_interval(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+}

@@ -1,0 +1,301 @@
+//! Output storage: where a job's files land, per user.
+//!
+//! [`OutputSink`] is the trait; [`LocalDirSink`] is the default, a directory per user:
+//! `<root>/users/<user>/<output|temp>/<job id>/<subfolder>/<filename>`. Writes are atomic (temporary
+//! file + rename) and idempotent by job id: delivering the same artifact twice leaves one file with the
+//! same content, never a duplicate or a torn file.
+
+use std::path::{Component, Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::job::{JobId, UserId};
+
+/// Whether a file is a saved output or a preview (ComfyUI's `type`: `output` or `temp`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputKind {
+    /// A saved result (`SaveImage`, `SaveAudio`, …).
+    #[default]
+    Output,
+    /// A preview (`PreviewImage`): shown in the UI, not meant to be kept.
+    Temp,
+}
+
+impl OutputKind {
+    /// `output` or `temp`, as ComfyUI spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputKind::Output => "output",
+            OutputKind::Temp => "temp",
+        }
+    }
+}
+
+/// A file a provider produced for a job, not yet stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Artifact {
+    /// The node that produced it, when known.
+    pub node_id: Option<String>,
+    /// ComfyUI's media key for it in `executed.output` (`images`, `gifs`, `audio`, `files`, `latents`, …).
+    pub media: String,
+    /// File name, a single path component.
+    pub filename: String,
+    /// Sub-directory below the job's directory (may be empty; `/`-separated, no `..`).
+    pub subfolder: String,
+    /// Output or preview.
+    pub kind: OutputKind,
+    /// The bytes.
+    pub data: Bytes,
+}
+
+/// A stored output file: enough to list it, find it again and serve it to its owner.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OutputRef {
+    /// The user who owns it.
+    pub owner: UserId,
+    /// The job that produced it.
+    pub job_id: JobId,
+    /// The node that produced it, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// ComfyUI's media key (`images`, `audio`, …).
+    pub media: String,
+    /// File name.
+    pub filename: String,
+    /// Sub-directory below the job's directory.
+    pub subfolder: String,
+    /// Output or preview.
+    #[serde(rename = "type")]
+    pub kind: OutputKind,
+    /// MIME type, guessed from the file name.
+    pub content_type: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Stores a job's artifacts for its owner.
+///
+/// Implementations must make `store` atomic and idempotent by (owner, job, kind, subfolder, filename), and
+/// must refuse names that would leave the owner's space.
+#[async_trait]
+pub trait OutputSink: Send + Sync {
+    /// Stores one artifact and says where it went.
+    async fn store(&self, owner: &UserId, job: JobId, artifact: Artifact) -> Result<OutputRef>;
+    /// Reads a stored file back. Only files of `owner` are reachable.
+    async fn read(&self, output: &OutputRef) -> Result<Bytes>;
+    /// Removes everything stored for a job (before a retried attempt re-delivers it). Idempotent.
+    async fn discard(&self, owner: &UserId, job: JobId) -> Result<()>;
+}
+
+/// The default sink: plain directories under one root, one tree per user.
+#[derive(Clone, Debug)]
+pub struct LocalDirSink {
+    root: PathBuf,
+}
+
+impl LocalDirSink {
+    /// A sink rooted at `root` (created on first write).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The directory that holds one user's files of one kind for one job.
+    pub fn job_dir(&self, owner: &UserId, job: JobId, kind: OutputKind) -> PathBuf {
+        self.root.join("users").join(owner.as_str()).join(kind.as_str()).join(job.to_string())
+    }
+
+    /// The path a stored file lives at, after checking every name in it.
+    pub fn path_of(&self, output: &OutputRef) -> Result<PathBuf> {
+        let sub = safe_relative_path(&output.subfolder)?;
+        let name = safe_file_name(&output.filename)?;
+        Ok(self.job_dir(&output.owner, output.job_id, output.kind).join(sub).join(name))
+    }
+}
+
+#[async_trait]
+impl OutputSink for LocalDirSink {
+    async fn store(&self, owner: &UserId, job: JobId, artifact: Artifact) -> Result<OutputRef> {
+        let output = OutputRef {
+            owner: owner.clone(),
+            job_id: job,
+            node_id: artifact.node_id,
+            media: artifact.media,
+            content_type: content_type_for(&artifact.filename).to_string(),
+            filename: artifact.filename,
+            subfolder: artifact.subfolder,
+            kind: artifact.kind,
+            size: artifact.data.len() as u64,
+        };
+        let path = self.path_of(&output)?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        let data = artifact.data;
+        tokio::task::spawn_blocking(move || write_atomically(&dir, &path, &data))
+            .await
+            .map_err(|e| Error::Sink(format!("write task failed: {e}")))??;
+        Ok(output)
+    }
+
+    async fn read(&self, output: &OutputRef) -> Result<Bytes> {
+        let path = self.path_of(output)?;
+        match tokio::fs::read(&path).await {
+            Ok(data) => Ok(Bytes::from(data)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(Error::InvalidInput(format!("no output file '{}' for job {}", output.filename, output.job_id)))
+            }
+            Err(e) => Err(Error::Sink(format!("reading {}: {e}", path.display()))),
+        }
+    }
+
+    async fn discard(&self, owner: &UserId, job: JobId) -> Result<()> {
+        for kind in [OutputKind::Output, OutputKind::Temp] {
+            let dir = self.job_dir(owner, job, kind);
+            match tokio::fs::remove_dir_all(&dir).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::Sink(format!("removing {}: {e}", dir.display()))),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_atomically(dir: &Path, path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |what: &str, e: std::io::Error| Error::Sink(format!("{what} {}: {e}", path.display()));
+    std::fs::create_dir_all(dir).map_err(|e| io("creating directory for", e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| io("creating temporary file for", e))?;
+    tmp.write_all(data).map_err(|e| io("writing", e))?;
+    tmp.as_file().sync_data().map_err(|e| io("syncing", e))?;
+    tmp.persist(path).map_err(|e| io("renaming into place", e.error))?;
+    Ok(())
+}
+
+/// Checks a `/`-separated relative directory path (a ComfyUI `subfolder`, a userdata path) and returns it
+/// as a relative [`PathBuf`]. Refuses absolute paths, `..`, `.`, empty components, backslashes, NUL and
+/// other control characters. The empty string is the directory itself.
+pub fn safe_relative_path(path: &str) -> Result<PathBuf> {
+    let mut out = PathBuf::new();
+    if path.is_empty() {
+        return Ok(out);
+    }
+    for part in path.split('/') {
+        out.push(safe_component(part, path)?);
+    }
+    Ok(out)
+}
+
+/// Checks a single file name (no directory part): refuses `..`, `.`, separators and control characters.
+pub fn safe_file_name(name: &str) -> Result<&str> {
+    safe_component(name, name)
+}
+
+fn safe_component<'a>(part: &'a str, whole: &str) -> Result<&'a str> {
+    let bad = part.is_empty()
+        || part == "."
+        || part == ".."
+        || part.len() > 255
+        || part.chars().any(|c| c == '/' || c == '\\' || c.is_control())
+        || !matches!(Path::new(part).components().next(), Some(Component::Normal(_)));
+    if bad { Err(Error::InvalidInput(format!("unsafe path '{whole}'"))) } else { Ok(part) }
+}
+
+/// The MIME type for a file name, by extension (`application/octet-stream` when unknown).
+pub fn content_type_for(filename: &str) -> &'static str {
+    let ext = filename.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "webp" => "image/webp",
+        "gif" => "image/gif",
+        "webm" => "video/webm",
+        "mp4" => "video/mp4",
+        "flac" => "audio/flac",
+        "mp3" => "audio/mpeg",
+        "wav" => "audio/wav",
+        "ogg" | "opus" => "audio/ogg",
+        "txt" => "text/plain; charset=utf-8",
+        "json" => "application/json",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn artifact(subfolder: &str, filename: &str, data: &'static [u8]) -> Artifact {
+        Artifact {
+            node_id: Some("9".into()),
+            media: "images".into(),
+            filename: filename.into(),
+            subfolder: subfolder.into(),
+            kind: OutputKind::Output,
+            data: Bytes::from_static(data),
+        }
+    }
+
+    #[tokio::test]
+    async fn stores_under_the_owner_and_job_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = LocalDirSink::new(dir.path());
+        let alice = UserId::new("alice").unwrap();
+        let job = JobId::new();
+        let out = sink.store(&alice, job, artifact("gw", "a_00001_.png", b"png")).await.unwrap();
+        assert_eq!(out.content_type, "image/png");
+        assert_eq!(out.size, 3);
+        let expected = dir.path().join(format!("users/alice/output/{job}/gw/a_00001_.png"));
+        assert_eq!(std::fs::read(&expected).unwrap(), b"png");
+        assert_eq!(sink.read(&out).await.unwrap(), Bytes::from_static(b"png"));
+    }
+
+    #[tokio::test]
+    async fn storing_twice_is_idempotent_and_discard_removes_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = LocalDirSink::new(dir.path());
+        let bob = UserId::new("bob").unwrap();
+        let job = JobId::new();
+        sink.store(&bob, job, artifact("", "x.png", b"one")).await.unwrap();
+        let out = sink.store(&bob, job, artifact("", "x.png", b"two")).await.unwrap();
+        let job_dir = sink.job_dir(&bob, job, OutputKind::Output);
+        assert_eq!(std::fs::read_dir(&job_dir).unwrap().count(), 1, "no temp files or duplicates left");
+        assert_eq!(sink.read(&out).await.unwrap(), Bytes::from_static(b"two"));
+        sink.discard(&bob, job).await.unwrap();
+        assert!(!job_dir.exists());
+        sink.discard(&bob, job).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn path_traversal_is_refused_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = LocalDirSink::new(dir.path().join("data"));
+        let eve = UserId::new("eve").unwrap();
+        let cases = [
+            ("..", "x.png"),
+            ("../../..", "x.png"),
+            ("a/../../b", "x.png"),
+            ("/etc", "x.png"),
+            ("a//b", "x.png"),
+            ("a\\..\\b", "x.png"),
+            ("", "../x.png"),
+            ("", ".."),
+            ("", "a/b.png"),
+            ("", "nul\0.png"),
+            ("", ""),
+        ];
+        for (sub, name) in cases {
+            let err = sink.store(&eve, JobId::new(), artifact(sub, name, b"x")).await.unwrap_err();
+            assert!(matches!(err, Error::InvalidInput(_)), "{sub:?}/{name:?}: {err}");
+        }
+        assert!(!dir.path().join("data").exists(), "nothing was written");
+    }
+
+    #[test]
+    fn safe_relative_path_accepts_nested_folders() {
+        assert_eq!(safe_relative_path("comfyume/x/gw").unwrap(), PathBuf::from("comfyume/x/gw"));
+        assert_eq!(safe_relative_path("").unwrap(), PathBuf::new());
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared helpers for comfyume's cross-crate integration tests in `tests/tests/`.
