@@ -19,7 +19,10 @@ pub struct Clock {
 impl Clock {
     /// A clock that reads the system time now and then follows tokio's clock.
     pub fn new() -> Self {
-        Self { base_wall: Timestamp::now(), base_instant: Instant::now() }
+        Self {
+            base_wall: Timestamp::now(),
+            base_instant: Instant::now(),
+        }
     }
 
     /// The current time.
@@ -55,6 +58,9 @@ mod tests {
         let t0 = clock.now();
         tokio::time::advance(Duration::from_secs(30)).await;
         assert_eq!(clock.now().since(t0), Duration::from_secs(30));
-        assert_eq!(clock.until(t0.plus(Duration::from_secs(40))), Duration::from_secs(10));
+        assert_eq!(
+            clock.until(t0.plus(Duration::from_secs(40))),
+            Duration::from_secs(10)
+        );
     }
 }

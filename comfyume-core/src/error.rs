@@ -47,7 +47,11 @@ impl Error {
     }
 
     pub(crate) fn wrong_state(id: JobId, state: &JobState, operation: &'static str) -> Self {
-        Error::WrongState { id, state: state.name(), operation }
+        Error::WrongState {
+            id,
+            state: state.name(),
+            operation,
+        }
     }
 }
 

@@ -126,7 +126,10 @@ pub enum EventKind {
 impl EventKind {
     /// True for the three terminal kinds.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, EventKind::Succeeded { .. } | EventKind::Failed { .. } | EventKind::Cancelled { .. })
+        matches!(
+            self,
+            EventKind::Succeeded { .. } | EventKind::Failed { .. } | EventKind::Cancelled { .. }
+        )
     }
 }
 

@@ -64,7 +64,9 @@ impl UserId {
     pub fn new(name: impl Into<String>) -> Result<Self, Error> {
         let name = name.into();
         let ok_len = (1..=64).contains(&name.len());
-        let ok_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        let ok_chars = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
         if ok_len && ok_chars && !name.starts_with('.') {
             Ok(Self(name))
         } else {
@@ -108,13 +110,19 @@ pub struct Timestamp(pub u64);
 impl Timestamp {
     /// The wall clock now. Engine code takes time from a [`crate::Clock`] instead, so tests can pause it.
     pub fn now() -> Self {
-        let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
         Self(u64::try_from(ms).unwrap_or(u64::MAX))
     }
 
     /// This time plus `d` (saturating).
     pub fn plus(self, d: Duration) -> Self {
-        Self(self.0.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+        Self(
+            self.0
+                .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        )
     }
 
     /// How long after `earlier` this is (zero if it is not later).
@@ -151,7 +159,15 @@ pub struct JobSpec {
 impl JobSpec {
     /// A spec with normal priority, unit cost and no extra data.
     pub fn new(owner: UserId, workflow: serde_json::Value) -> Self {
-        Self { id: None, owner, workflow, priority: 0, cost: None, extra_data: serde_json::Value::Null, client_id: None }
+        Self {
+            id: None,
+            owner,
+            workflow,
+            priority: 0,
+            cost: None,
+            extra_data: serde_json::Value::Null,
+            client_id: None,
+        }
     }
 
     /// The cost to charge: the estimate if given and sane, else 1.0.
@@ -231,7 +247,13 @@ pub struct Failure {
 impl Failure {
     /// A failure with just a kind and a message.
     pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), node_id: None, node_type: None, details: serde_json::Value::Null }
+        Self {
+            kind,
+            message: message.into(),
+            node_id: None,
+            node_type: None,
+            details: serde_json::Value::Null,
+        }
     }
 }
 
@@ -276,7 +298,10 @@ pub enum JobState {
 impl JobState {
     /// True for `Succeeded`, `Failed` and `Cancelled`.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed { .. } | JobState::Cancelled { .. })
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed { .. } | JobState::Cancelled { .. }
+        )
     }
 
     /// A short name: `queued`, `leased`, `running`, `succeeded`, `failed`, `cancelled`.
@@ -343,7 +368,18 @@ mod tests {
 
     #[test]
     fn user_names_that_could_escape_a_directory_are_refused() {
-        for bad in ["", ".", "..", "../x", "a/b", "a\\b", ".hidden", "a b", "ü", &"x".repeat(65)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a\\b",
+            ".hidden",
+            "a b",
+            "ü",
+            &"x".repeat(65),
+        ] {
             assert!(UserId::new(bad).is_err(), "{bad:?} accepted");
         }
         for good in ["alice", "Bob_2", "a.b-c", &"x".repeat(64)] {
@@ -362,7 +398,10 @@ mod tests {
 
     #[test]
     fn jobs_round_trip_through_json() {
-        let mut spec = JobSpec::new(UserId::new("alice").unwrap(), serde_json::json!({"1": {"class_type": "X"}}));
+        let mut spec = JobSpec::new(
+            UserId::new("alice").unwrap(),
+            serde_json::json!({"1": {"class_type": "X"}}),
+        );
         spec.cost = Some(4.0);
         let job = Job {
             id: JobId::new(),

@@ -26,4 +26,6 @@ pub use job::{Failure, FailureKind, Job, JobId, JobSpec, JobState, Timestamp, Us
 pub use provider::{Capacity, Health, InferenceProvider, ProviderError, ProviderEvent, ProviderEventStream};
 pub use scheduler::{Policy, QueuedJob, Scheduler, SchedulerConfig, UserCaps, UserStats};
 pub use sink::{Artifact, LocalDirSink, OutputKind, OutputRef, OutputSink};
-pub use store::{CancelOutcome, JobFilter, JobStatus, JobStore, Lease, LeaseStatus, MemoryStore, ReapOutcome};
+pub use store::{
+    CancelOutcome, JobFilter, JobStatus, JobStore, Lease, LeaseStatus, MemoryStore, ReapOutcome,
+};

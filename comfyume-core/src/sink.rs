@@ -105,14 +105,21 @@ impl LocalDirSink {
 
     /// The directory that holds one user's files of one kind for one job.
     pub fn job_dir(&self, owner: &UserId, job: JobId, kind: OutputKind) -> PathBuf {
-        self.root.join("users").join(owner.as_str()).join(kind.as_str()).join(job.to_string())
+        self.root
+            .join("users")
+            .join(owner.as_str())
+            .join(kind.as_str())
+            .join(job.to_string())
     }
 
     /// The path a stored file lives at, after checking every name in it.
     pub fn path_of(&self, output: &OutputRef) -> Result<PathBuf> {
         let sub = safe_relative_path(&output.subfolder)?;
         let name = safe_file_name(&output.filename)?;
-        Ok(self.job_dir(&output.owner, output.job_id, output.kind).join(sub).join(name))
+        Ok(self
+            .job_dir(&output.owner, output.job_id, output.kind)
+            .join(sub)
+            .join(name))
     }
 }
 
@@ -131,7 +138,10 @@ impl OutputSink for LocalDirSink {
             size: artifact.data.len() as u64,
         };
         let path = self.path_of(&output)?;
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
         let data = artifact.data;
         tokio::task::spawn_blocking(move || write_atomically(&dir, &path, &data))
             .await
@@ -143,9 +153,10 @@ impl OutputSink for LocalDirSink {
         let path = self.path_of(output)?;
         match tokio::fs::read(&path).await {
             Ok(data) => Ok(Bytes::from(data)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(Error::InvalidInput(format!("no output file '{}' for job {}", output.filename, output.job_id)))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::InvalidInput(format!(
+                "no output file '{}' for job {}",
+                output.filename, output.job_id
+            ))),
             Err(e) => Err(Error::Sink(format!("reading {}: {e}", path.display()))),
         }
     }
@@ -170,7 +181,8 @@ fn write_atomically(dir: &Path, path: &Path, data: &[u8]) -> Result<()> {
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| io("creating temporary file for", e))?;
     tmp.write_all(data).map_err(|e| io("writing", e))?;
     tmp.as_file().sync_data().map_err(|e| io("syncing", e))?;
-    tmp.persist(path).map_err(|e| io("renaming into place", e.error))?;
+    tmp.persist(path)
+        .map_err(|e| io("renaming into place", e.error))?;
     Ok(())
 }
 
@@ -200,12 +212,19 @@ fn safe_component<'a>(part: &'a str, whole: &str) -> Result<&'a str> {
         || part.len() > 255
         || part.chars().any(|c| c == '/' || c == '\\' || c.is_control())
         || !matches!(Path::new(part).components().next(), Some(Component::Normal(_)));
-    if bad { Err(Error::InvalidInput(format!("unsafe path '{whole}'"))) } else { Ok(part) }
+    if bad {
+        Err(Error::InvalidInput(format!("unsafe path '{whole}'")))
+    } else {
+        Ok(part)
+    }
 }
 
 /// The MIME type for a file name, by extension (`application/octet-stream` when unknown).
 pub fn content_type_for(filename: &str) -> &'static str {
-    let ext = filename.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    let ext = filename
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
     match ext.as_str() {
         "png" => "image/png",
         "jpg" | "jpeg" => "image/jpeg",
@@ -244,10 +263,15 @@ mod tests {
         let sink = LocalDirSink::new(dir.path());
         let alice = UserId::new("alice").unwrap();
         let job = JobId::new();
-        let out = sink.store(&alice, job, artifact("gw", "a_00001_.png", b"png")).await.unwrap();
+        let out = sink
+            .store(&alice, job, artifact("gw", "a_00001_.png", b"png"))
+            .await
+            .unwrap();
         assert_eq!(out.content_type, "image/png");
         assert_eq!(out.size, 3);
-        let expected = dir.path().join(format!("users/alice/output/{job}/gw/a_00001_.png"));
+        let expected = dir
+            .path()
+            .join(format!("users/alice/output/{job}/gw/a_00001_.png"));
         assert_eq!(std::fs::read(&expected).unwrap(), b"png");
         assert_eq!(sink.read(&out).await.unwrap(), Bytes::from_static(b"png"));
     }
@@ -258,10 +282,19 @@ mod tests {
         let sink = LocalDirSink::new(dir.path());
         let bob = UserId::new("bob").unwrap();
         let job = JobId::new();
-        sink.store(&bob, job, artifact("", "x.png", b"one")).await.unwrap();
-        let out = sink.store(&bob, job, artifact("", "x.png", b"two")).await.unwrap();
+        sink.store(&bob, job, artifact("", "x.png", b"one"))
+            .await
+            .unwrap();
+        let out = sink
+            .store(&bob, job, artifact("", "x.png", b"two"))
+            .await
+            .unwrap();
         let job_dir = sink.job_dir(&bob, job, OutputKind::Output);
-        assert_eq!(std::fs::read_dir(&job_dir).unwrap().count(), 1, "no temp files or duplicates left");
+        assert_eq!(
+            std::fs::read_dir(&job_dir).unwrap().count(),
+            1,
+            "no temp files or duplicates left"
+        );
         assert_eq!(sink.read(&out).await.unwrap(), Bytes::from_static(b"two"));
         sink.discard(&bob, job).await.unwrap();
         assert!(!job_dir.exists());
@@ -287,7 +320,10 @@ mod tests {
             ("", ""),
         ];
         for (sub, name) in cases {
-            let err = sink.store(&eve, JobId::new(), artifact(sub, name, b"x")).await.unwrap_err();
+            let err = sink
+                .store(&eve, JobId::new(), artifact(sub, name, b"x"))
+                .await
+                .unwrap_err();
             assert!(matches!(err, Error::InvalidInput(_)), "{sub:?}/{name:?}: {err}");
         }
         assert!(!dir.path().join("data").exists(), "nothing was written");
@@ -295,7 +331,10 @@ mod tests {
 
     #[test]
     fn safe_relative_path_accepts_nested_folders() {
-        assert_eq!(safe_relative_path("comfyume/x/gw").unwrap(), PathBuf::from("comfyume/x/gw"));
+        assert_eq!(
+            safe_relative_path("comfyume/x/gw").unwrap(),
+            PathBuf::from("comfyume/x/gw")
+        );
         assert_eq!(safe_relative_path("").unwrap(), PathBuf::new());
     }
 }

@@ -23,6 +23,7 @@ use crate::sink::OutputRef;
 
 pub mod conformance;
 mod memory;
+mod record;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -150,8 +151,14 @@ pub trait JobStore: Send + Sync {
 
     /// Leases a queued job: Queued → Leased, `attempts` + 1, a fresh token. Fails with `WrongState` if the
     /// job is not queued (cancelled meanwhile, leased by another server).
-    async fn claim(&self, id: JobId, holder: &str, provider: &str, ttl: Duration, now: Timestamp)
-    -> Result<(Job, Lease)>;
+    async fn claim(
+        &self,
+        id: JobId,
+        holder: &str,
+        provider: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<(Job, Lease)>;
 
     /// Renews a lease for `ttl` from `now`; tells the holder whether cancellation was requested.
     async fn heartbeat(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<LeaseStatus>;
@@ -163,8 +170,13 @@ pub trait JobStore: Send + Sync {
     async fn complete(&self, lease: &Lease, outputs: Vec<OutputRef>, now: Timestamp) -> Result<Job>;
 
     /// Leased/Running → Queued again (not before `retry_at`) when `retry_at` is given, else → Failed.
-    async fn fail(&self, lease: &Lease, failure: Failure, retry_at: Option<Timestamp>, now: Timestamp)
-    -> Result<Job>;
+    async fn fail(
+        &self,
+        lease: &Lease,
+        failure: Failure,
+        retry_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<Job>;
 
     /// Leased/Running → Cancelled, once the holder has stopped a job whose cancellation was requested.
     async fn finish_cancelled(&self, lease: &Lease, reason: &str, now: Timestamp) -> Result<Job>;
