@@ -20,6 +20,7 @@ pub mod sink;
 pub mod store;
 
 pub use clock::Clock;
+pub use dispatcher::{Dispatcher, DispatcherConfig, ProviderStatus};
 pub use error::{Error, Result};
 pub use event::{EventBus, EventKind, JobEvent};
 pub use job::{Failure, FailureKind, Job, JobId, JobSpec, JobState, Timestamp, UserId};

@@ -1,11 +1,62 @@
 //! The fair scheduler: decides which queued job runs next.
 //!
-//! SKELETON: the public API below is the contract; bodies are being implemented.
+//! The [`Scheduler`] is an in-memory index over the jobs the store holds as queued. It never touches the
+//! store; the [`Dispatcher`](crate::Dispatcher) asks it for the next job when a provider has a free slot
+//! and tells it when a job ends.
+//!
+//! # Policies
+//!
+//! - [`Policy::Fifo`]: the oldest job (lowest store `seq`) first, across all users.
+//! - [`Policy::RoundRobin`]: fair share per user by **start-time fair queuing**. Every user with waiting
+//!   jobs has a virtual time; the user with the lowest virtual time is served next and is charged
+//!   `cost / weight`. A user who had nothing waiting rejoins at the global virtual time (the virtual time of
+//!   the last job handed out), so time spent idle is not banked into a later burst. With unit costs this is
+//!   exact round robin; with costs in estimated GPU-seconds it is fair GPU time, and
+//!   [`Scheduler::complete`] corrects the estimate with the measured run time.
+//! - [`Policy::Priority`]: strict priority tiers (higher first); fair share, as above, inside a tier.
+//!
+//! # Overrides (any policy)
+//!
+//! Move a job to the front, change a job's priority, set a user's weight, pause and resume a user or the
+//! whole queue, and cap a user's waiting and running jobs. A user who is paused or at their running cap is
+//! skipped: they never block anyone else.
+//!
+//! # Cost
+//!
+//! Every decision is `O(log n)`: one ordered index holds each eligible user once, keyed by their next job,
+//! and each user's jobs are an ordered map. Nothing is rescanned per decision.
+//!
+//! ```
+//! use comfyume_core::{JobId, Policy, QueuedJob, Scheduler, SchedulerConfig, UserId};
+//!
+//! let mut s = Scheduler::new(SchedulerConfig { policy: Policy::RoundRobin, ..Default::default() });
+//! let (alice, bob) = (UserId::new("alice")?, UserId::new("bob")?);
+//! let mut seq = 0;
+//! let mut job = |owner: &UserId| {
+//!     seq += 1;
+//!     QueuedJob { id: JobId::new(), owner: owner.clone(), priority: 0, cost: 1.0, seq }
+//! };
+//! // Alice floods the queue, then Bob asks for one job: Bob is served second, not after all of Alice's.
+//! for _ in 0..100 {
+//!     s.push(job(&alice))?;
+//! }
+//! s.push(job(&bob))?;
+//! assert_eq!(s.pop().map(|j| j.owner), Some(alice.clone()));
+//! assert_eq!(s.pop().map(|j| j.owner), Some(bob.clone()));
+//! # Ok::<(), comfyume_core::Error>(())
+//! ```
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::job::{JobId, UserId};
+
+#[cfg(test)]
+mod tests;
 
 /// How the next job is chosen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -20,6 +71,20 @@ pub enum Policy {
     Priority,
 }
 
+impl std::str::FromStr for Policy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fifo" => Ok(Policy::Fifo),
+            "round_robin" => Ok(Policy::RoundRobin),
+            "priority" => Ok(Policy::Priority),
+            other => Err(Error::InvalidInput(format!(
+                "unknown scheduling policy '{other}' (expected fifo, round_robin or priority)"
+            ))),
+        }
+    }
+}
+
 /// Per-user limits. `None` means no limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserCaps {
@@ -31,6 +96,7 @@ pub struct UserCaps {
 
 /// Scheduler settings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SchedulerConfig {
     /// The policy.
     pub policy: Policy,
@@ -70,81 +136,557 @@ pub struct UserStats {
     pub caps: UserCaps,
 }
 
-/// The scheduler.
-#[derive(Debug)]
-pub struct Scheduler {
-    _config: SchedulerConfig,
+/// A virtual time with a total order (virtual times are finite; `total_cmp` orders them as numbers).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Vt(f64);
+
+impl Eq for Vt {}
+
+impl PartialOrd for Vt {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
-#[allow(unused_variables, clippy::todo, missing_docs)]
+impl Ord for Vt {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// Internal handle of a user: an index into `Scheduler::users`.
+type UserIx = u32;
+
+/// A job's place in its owner's queue: `(tier, seq)`. The tier is `-priority` under the priority policy
+/// (so higher priorities sort first) and 0 otherwise.
+type QueueKey = (i64, u64);
+
+/// A user's place in the ready index: `(tier of their next job, virtual time, seq of their next job,
+/// user)`. The first entry is served next.
+type ReadyKey = (i64, Vt, u64, UserIx);
+
+/// Where a waiting job is.
+#[derive(Clone, Copy, Debug)]
+struct Loc {
+    user: UserIx,
+    priority: i32,
+    cost: f64,
+    seq: u64,
+    /// `Some(n)` while moved to the front (the n-th move; later moves go first).
+    front: Option<u64>,
+}
+
+#[derive(Debug)]
+struct UserState {
+    id: UserId,
+    /// Waiting jobs, except those moved to the front.
+    queue: BTreeMap<QueueKey, JobId>,
+    /// Waiting jobs of this user that were moved to the front.
+    front: usize,
+    running: usize,
+    /// Start-time fair queuing virtual time.
+    vt: f64,
+    weight: f64,
+    served: f64,
+    paused: bool,
+    caps: Option<UserCaps>,
+    /// The user's entry in the ready index, if they are in it.
+    ready: Option<ReadyKey>,
+}
+
+impl UserState {
+    fn queued(&self) -> usize {
+        self.queue.len() + self.front
+    }
+}
+
+/// A job handed out and not yet completed.
+#[derive(Clone, Copy, Debug)]
+struct Charged {
+    user: UserIx,
+    cost: f64,
+}
+
+/// The scheduler. See the [module docs](self).
+#[derive(Debug)]
+pub struct Scheduler {
+    config: SchedulerConfig,
+    users: Vec<UserState>,
+    user_ix: HashMap<UserId, UserIx>,
+    jobs: HashMap<JobId, Loc>,
+    /// Users with a waiting job who may be served now, best first.
+    ready: BTreeSet<ReadyKey>,
+    /// Jobs moved to the front, latest move first.
+    front: BTreeMap<Reverse<u64>, JobId>,
+    front_moves: u64,
+    running: HashMap<JobId, Charged>,
+    /// The virtual time of the last job handed out.
+    global_vt: f64,
+    paused: bool,
+}
+
 impl Scheduler {
+    /// An empty scheduler.
     pub fn new(config: SchedulerConfig) -> Self {
-        Self { _config: config }
+        Self {
+            config,
+            users: Vec::new(),
+            user_ix: HashMap::new(),
+            jobs: HashMap::new(),
+            ready: BTreeSet::new(),
+            front: BTreeMap::new(),
+            front_moves: 0,
+            running: HashMap::new(),
+            global_vt: 0.0,
+            paused: false,
+        }
     }
+
+    /// The policy in force.
     pub fn policy(&self) -> Policy {
-        todo!()
+        self.config.policy
     }
+
+    /// Switches the policy; waiting jobs are re-ordered under the new one (`O(n log n)`).
     pub fn set_policy(&mut self, policy: Policy) {
-        todo!()
+        if policy == self.config.policy {
+            return;
+        }
+        self.config.policy = policy;
+        for ix in 0..self.users.len() {
+            let user = &mut self.users[ix];
+            let old = std::mem::take(&mut user.queue);
+            for ((_, seq), id) in old {
+                let priority = self.jobs.get(&id).map_or(0, |l| l.priority);
+                user.queue.insert((tier(policy, priority), seq), id);
+            }
+            self.refresh(ix as UserIx);
+        }
     }
+
+    /// Refuses with [`Error::LimitReached`] if `user` may not queue another job (their `max_queued` cap).
+    pub fn check_can_queue(&self, user: &UserId) -> Result<()> {
+        let (queued, caps) = match self.user_ix.get(user) {
+            Some(&ix) => {
+                let u = &self.users[ix as usize];
+                (u.queued(), u.caps.unwrap_or(self.config.default_caps))
+            }
+            None => (0, self.config.default_caps),
+        };
+        match caps.max_queued {
+            Some(max) if queued >= max => Err(Error::LimitReached(format!(
+                "{user} already has {queued} job(s) waiting, the most allowed; wait for one to start or \
+                 cancel one"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Queues a job, refusing it if its owner is at their `max_queued` cap. Pushing a job that is already
+    /// waiting changes nothing.
     pub fn push(&mut self, job: QueuedJob) -> Result<()> {
-        todo!()
+        if self.jobs.contains_key(&job.id) {
+            return Ok(());
+        }
+        self.check_can_queue(&job.owner)?;
+        self.restore(job);
+        Ok(())
     }
+
+    /// Queues a job without checking caps: for jobs the store already accepted (recovered at start-up,
+    /// retried, handed back). Idempotent; a job the scheduler counts as running is taken back first.
+    pub fn restore(&mut self, job: QueuedJob) {
+        if self.jobs.contains_key(&job.id) {
+            return;
+        }
+        if self.running.contains_key(&job.id) {
+            self.complete(job.id, Some(0.0));
+        }
+        let ix = self.user_mut(&job.owner);
+        let policy = self.config.policy;
+        let global_vt = self.global_vt;
+        let user = &mut self.users[ix as usize];
+        if user.queued() == 0 {
+            // Returning from idle: rejoin at the global virtual time, never earlier.
+            user.vt = user.vt.max(global_vt);
+        }
+        user.queue.insert((tier(policy, job.priority), job.seq), job.id);
+        let loc = Loc {
+            user: ix,
+            priority: job.priority,
+            cost: sane_cost(job.cost),
+            seq: job.seq,
+            front: None,
+        };
+        self.jobs.insert(job.id, loc);
+        self.refresh(ix);
+    }
+
+    /// Hands out the next job, or `None` when nothing may run (empty, paused, every waiting user paused or
+    /// at their running cap). The job counts as running until [`Scheduler::complete`].
     pub fn pop(&mut self) -> Option<QueuedJob> {
-        todo!()
+        if self.paused {
+            return None;
+        }
+        let front = self
+            .front
+            .iter()
+            .find(|(_, id)| self.jobs.get(id).is_some_and(|l| self.eligible(l.user)))
+            .map(|(k, id)| (*k, *id));
+        let id = match front {
+            Some((key, id)) => {
+                self.front.remove(&key);
+                id
+            }
+            None => {
+                let (_, _, _, ix) = self.ready.pop_first()?;
+                let user = &mut self.users[ix as usize];
+                user.ready = None;
+                let (_, id) = user.queue.pop_first()?;
+                id
+            }
+        };
+        let loc = self.jobs.remove(&id)?;
+        let user = &mut self.users[loc.user as usize];
+        if loc.front.is_some() {
+            user.front -= 1;
+        }
+        self.global_vt = self.global_vt.max(user.vt);
+        user.vt += loc.cost / user.weight;
+        user.served += loc.cost;
+        user.running += 1;
+        self.running.insert(
+            id,
+            Charged {
+                user: loc.user,
+                cost: loc.cost,
+            },
+        );
+        self.refresh(loc.user);
+        Some(QueuedJob {
+            id,
+            owner: self.users[loc.user as usize].id.clone(),
+            priority: loc.priority,
+            cost: loc.cost,
+            seq: loc.seq,
+        })
     }
+
+    /// Ends a job handed out by [`Scheduler::pop`]. `actual_cost` (the measured GPU-seconds) replaces the
+    /// estimate in the owner's fair share. False if the job was not running here.
     pub fn complete(&mut self, id: JobId, actual_cost: Option<f64>) -> bool {
-        todo!()
+        let Some(charged) = self.running.remove(&id) else {
+            return false;
+        };
+        let user = &mut self.users[charged.user as usize];
+        user.running = user.running.saturating_sub(1);
+        if let Some(actual) = actual_cost.filter(|c| c.is_finite() && *c >= 0.0) {
+            let delta = actual - charged.cost;
+            user.vt += delta / user.weight;
+            user.served = (user.served + delta).max(0.0);
+        }
+        self.refresh(charged.user);
+        true
     }
+
+    /// Takes a waiting job out (cancelled, timed out). Returns it, or `None` if it was not waiting.
     pub fn remove(&mut self, id: JobId) -> Option<QueuedJob> {
-        todo!()
+        let loc = self.jobs.remove(&id)?;
+        let user = &mut self.users[loc.user as usize];
+        match loc.front {
+            Some(n) => {
+                self.front.remove(&Reverse(n));
+                user.front -= 1;
+            }
+            None => {
+                user.queue
+                    .remove(&(tier(self.config.policy, loc.priority), loc.seq));
+            }
+        }
+        let owner = user.id.clone();
+        self.refresh(loc.user);
+        Some(QueuedJob {
+            id,
+            owner,
+            priority: loc.priority,
+            cost: loc.cost,
+            seq: loc.seq,
+        })
     }
+
+    /// True while the job is waiting here.
     pub fn contains(&self, id: JobId) -> bool {
-        todo!()
+        self.jobs.contains_key(&id)
     }
+
+    /// Moves a waiting job ahead of every other (the latest move goes first). Its owner is still charged
+    /// for it, and a paused or capped owner still holds it back. False if it is not waiting.
     pub fn move_to_front(&mut self, id: JobId) -> bool {
-        todo!()
+        let policy = self.config.policy;
+        let Some(loc) = self.jobs.get_mut(&id) else {
+            return false;
+        };
+        if let Some(n) = loc.front {
+            self.front.remove(&Reverse(n));
+        } else {
+            let user = &mut self.users[loc.user as usize];
+            user.queue.remove(&(tier(policy, loc.priority), loc.seq));
+            user.front += 1;
+        }
+        self.front_moves += 1;
+        loc.front = Some(self.front_moves);
+        self.front.insert(Reverse(self.front_moves), id);
+        let ix = loc.user;
+        self.refresh(ix);
+        true
     }
+
+    /// Changes a waiting job's priority tier. False if it is not waiting.
     pub fn set_priority(&mut self, id: JobId, priority: i32) -> bool {
-        todo!()
+        let policy = self.config.policy;
+        let Some(loc) = self.jobs.get_mut(&id) else {
+            return false;
+        };
+        let old = (tier(policy, loc.priority), loc.seq);
+        loc.priority = priority;
+        if loc.front.is_none() {
+            let user = &mut self.users[loc.user as usize];
+            user.queue.remove(&old);
+            user.queue.insert((tier(policy, priority), loc.seq), id);
+            let ix = loc.user;
+            self.refresh(ix);
+        }
+        true
     }
+
+    /// Sets a user's fair-share weight (default 1; 2 gets twice the share). Must be positive and finite.
     pub fn set_user_weight(&mut self, user: &UserId, weight: f64) -> Result<()> {
-        todo!()
+        if !(weight.is_finite() && weight > 0.0) {
+            return Err(Error::InvalidInput(format!(
+                "weight must be a positive number, got {weight}"
+            )));
+        }
+        let ix = self.user_mut(user);
+        self.users[ix as usize].weight = weight;
+        Ok(())
     }
+
+    /// Sets a user's own caps (replacing the defaults for them).
     pub fn set_user_caps(&mut self, user: &UserId, caps: UserCaps) {
-        todo!()
+        let ix = self.user_mut(user);
+        self.users[ix as usize].caps = Some(caps);
+        self.refresh(ix);
     }
+
+    /// Holds back a user's waiting jobs until [`Scheduler::resume_user`]; their running jobs go on.
     pub fn pause_user(&mut self, user: &UserId) {
-        todo!()
+        let ix = self.user_mut(user);
+        self.users[ix as usize].paused = true;
+        self.refresh(ix);
     }
+
+    /// Lets a paused user's jobs run again.
     pub fn resume_user(&mut self, user: &UserId) {
-        todo!()
+        if let Some(&ix) = self.user_ix.get(user) {
+            self.users[ix as usize].paused = false;
+            self.refresh(ix);
+        }
     }
+
+    /// Holds back every waiting job (running jobs go on).
     pub fn pause_all(&mut self) {
-        todo!()
+        self.paused = true;
     }
+
+    /// Ends [`Scheduler::pause_all`].
     pub fn resume_all(&mut self) {
-        todo!()
+        self.paused = false;
     }
+
+    /// True while the whole queue is paused.
     pub fn is_paused(&self) -> bool {
-        todo!()
+        self.paused
     }
+
+    /// Jobs waiting.
     pub fn queued_len(&self) -> usize {
-        todo!()
+        self.jobs.len()
     }
+
+    /// Jobs handed out and not completed.
     pub fn running_len(&self) -> usize {
-        todo!()
+        self.running.len()
     }
+
+    /// What the scheduler knows about one user (`None` if it never heard of them).
     pub fn user_stats(&self, user: &UserId) -> Option<UserStats> {
-        todo!()
+        let &ix = self.user_ix.get(user)?;
+        Some(self.stats_of(&self.users[ix as usize]))
     }
+
+    /// Every user the scheduler knows, by name.
     pub fn users(&self) -> Vec<(UserId, UserStats)> {
-        todo!()
+        let mut all: Vec<_> = self
+            .users
+            .iter()
+            .map(|u| (u.id.clone(), self.stats_of(u)))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
+
+    /// The projected dispatch order of the first `limit` waiting jobs, if every slot were free now and no
+    /// other job arrived. Jobs of paused users are left out (they run only after a resume).
     pub fn order(&self, limit: usize) -> Vec<JobId> {
-        todo!()
+        let mut out = Vec::new();
+        self.project(|id| {
+            out.push(id);
+            out.len() < limit
+        });
+        out
     }
+
+    /// The projected 0-based position of a waiting job (see [`Scheduler::order`]); `None` if it is not
+    /// waiting or its owner is paused.
     pub fn position(&self, id: JobId) -> Option<usize> {
-        todo!()
+        let loc = self.jobs.get(&id)?;
+        if self.users[loc.user as usize].paused {
+            return None;
+        }
+        let mut found = None;
+        let mut n = 0;
+        self.project(|next| {
+            if next == id {
+                found = Some(n);
+                return false;
+            }
+            n += 1;
+            true
+        });
+        found
     }
+
+    /// Walks the projected order, calling `visit` for each job until it returns false. `O(k log users)`
+    /// for the first `k` jobs.
+    fn project(&self, mut visit: impl FnMut(JobId) -> bool) {
+        let mut vt: HashMap<UserIx, f64> = HashMap::new();
+        for id in self.front.values() {
+            let Some(loc) = self.jobs.get(id) else { continue };
+            let user = &self.users[loc.user as usize];
+            if user.paused {
+                continue;
+            }
+            *vt.entry(loc.user).or_insert(user.vt) += loc.cost / user.weight;
+            if !visit(*id) {
+                return;
+            }
+        }
+        let mut heap: BTreeSet<(i64, Vt, u64, UserIx)> = BTreeSet::new();
+        for (ix, user) in self.users.iter().enumerate() {
+            if let (false, Some((&(t, seq), _))) = (user.paused, user.queue.first_key_value()) {
+                let v = vt.get(&(ix as UserIx)).copied().unwrap_or(user.vt);
+                heap.insert(self.key(t, v, seq, ix as UserIx));
+            }
+        }
+        while let Some((t, Vt(v), seq, ix)) = heap.pop_first() {
+            let user = &self.users[ix as usize];
+            let Some(&id) = user.queue.get(&(t, seq)) else {
+                continue;
+            };
+            if !visit(id) {
+                return;
+            }
+            let cost = self.jobs.get(&id).map_or(1.0, |l| l.cost);
+            let v = v + cost / user.weight;
+            let next = user
+                .queue
+                .range((Bound::Excluded((t, seq)), Bound::Unbounded))
+                .next();
+            if let Some((&(t, seq), _)) = next {
+                heap.insert(self.key(t, v, seq, ix));
+            }
+        }
+    }
+
+    fn stats_of(&self, u: &UserState) -> UserStats {
+        UserStats {
+            queued: u.queued(),
+            running: u.running,
+            served_cost: u.served,
+            weight: u.weight,
+            paused: u.paused,
+            caps: u.caps.unwrap_or(self.config.default_caps),
+        }
+    }
+
+    fn user_mut(&mut self, id: &UserId) -> UserIx {
+        if let Some(&ix) = self.user_ix.get(id) {
+            return ix;
+        }
+        let ix = UserIx::try_from(self.users.len()).unwrap_or(UserIx::MAX);
+        self.users.push(UserState {
+            id: id.clone(),
+            queue: BTreeMap::new(),
+            front: 0,
+            running: 0,
+            vt: self.global_vt,
+            weight: 1.0,
+            served: 0.0,
+            paused: false,
+            caps: None,
+            ready: None,
+        });
+        self.user_ix.insert(id.clone(), ix);
+        ix
+    }
+
+    /// True when the user may be handed a job now.
+    fn eligible(&self, ix: UserIx) -> bool {
+        let user = &self.users[ix as usize];
+        let caps = user.caps.unwrap_or(self.config.default_caps);
+        !user.paused && caps.max_running.is_none_or(|max| user.running < max)
+    }
+
+    /// The ready-index key of a user whose next job is at `(tier, seq)` with virtual time `vt`.
+    fn key(&self, tier: i64, vt: f64, seq: u64, ix: UserIx) -> ReadyKey {
+        match self.config.policy {
+            // Under FIFO only the job's age counts.
+            Policy::Fifo => (0, Vt(0.0), seq, ix),
+            Policy::RoundRobin | Policy::Priority => (tier, Vt(vt), seq, ix),
+        }
+    }
+
+    /// Puts the user's entry in the ready index in line with their state.
+    fn refresh(&mut self, ix: UserIx) {
+        let eligible = self.eligible(ix);
+        let user = &self.users[ix as usize];
+        let want = match (eligible, user.queue.first_key_value()) {
+            (true, Some((&(t, seq), _))) => Some(self.key(t, user.vt, seq, ix)),
+            _ => None,
+        };
+        let user = &mut self.users[ix as usize];
+        if user.ready == want {
+            return;
+        }
+        if let Some(old) = user.ready.take() {
+            self.ready.remove(&old);
+        }
+        if let Some(new) = want {
+            self.ready.insert(new);
+        }
+        user.ready = want;
+    }
+}
+
+/// The queue tier of a job with `priority` under `policy`.
+fn tier(policy: Policy, priority: i32) -> i64 {
+    match policy {
+        Policy::Priority => -i64::from(priority),
+        Policy::Fifo | Policy::RoundRobin => 0,
+    }
+}
+
+/// A cost the virtual clock can use: positive and finite, else 1.
+fn sane_cost(cost: f64) -> f64 {
+    if cost.is_finite() && cost > 0.0 { cost } else { 1.0 }
 }

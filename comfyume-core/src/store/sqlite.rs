@@ -1,5 +1,4 @@
 //! SKELETON: the embedded durable job store.
-use super::*;
 
 /// How hard SQLite pushes each commit to disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
