@@ -8,6 +8,71 @@
 //!
 //! This crate has no HTTP server, no Redis and no HTTP client: those live in `comfyume-providers` and
 //! `comfyume-server`, so programs that embed the scheduler pay only for what they use.
+//!
+//! ## A tour
+//!
+//! - [`job`]: [`JobSpec`] (what a user asks for: a ComfyUI API-format workflow, opaque here), [`Job`] and
+//!   its [`JobState`]; failures say whose fault they were ([`FailureKind`]), which decides retries.
+//! - [`scheduler`]: the fair [`Scheduler`], `O(log n)` per decision.
+//! - [`store`]: the [`JobStore`] contract (idempotent enqueue, leases with tokens and heartbeats, a reaper,
+//!   dead letters), [`MemoryStore`], the embedded SQLite store, and a conformance suite for new stores.
+//! - [`provider`]: the [`InferenceProvider`] trait that ComfyUI pools and serverless backends implement.
+//! - [`sink`]: [`OutputSink`] and the per-user [`LocalDirSink`].
+//! - [`dispatcher`]: the [`Dispatcher`], which ties them together; [`event`]: what it publishes.
+//!
+//! Embedding it takes a store, a sink and at least one provider. Here the provider answers every job
+//! with a text file at once, standing in for a GPU:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use async_trait::async_trait;
+//! use comfyume_core::*;
+//!
+//! struct Echo;
+//!
+//! #[async_trait]
+//! impl InferenceProvider for Echo {
+//!     fn name(&self) -> &str { "echo" }
+//!     fn capacity(&self) -> Capacity { Capacity { slots: 1 } }
+//!     async fn submit(&self, job: &Job) -> Result<ProviderEventStream, ProviderError> {
+//!         let file = Artifact {
+//!             node_id: None, media: "text".into(), filename: "echo.txt".into(), subfolder: String::new(),
+//!             kind: OutputKind::Output, data: job.spec.workflow.to_string().into(),
+//!         };
+//!         let events = [ProviderEvent::Started, ProviderEvent::Artifact(file), ProviderEvent::Completed];
+//!         Ok(Box::pin(futures::stream::iter(events)))
+//!     }
+//!     async fn cancel(&self, _job: JobId) -> Result<(), ProviderError> { Ok(()) }
+//!     async fn health(&self) -> Health { Health::Healthy }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let engine = Dispatcher::new(
+//!     Arc::new(MemoryStore::new()),
+//!     Arc::new(LocalDirSink::new(dir.path())),
+//!     vec![Arc::new(Echo)],
+//!     SchedulerConfig::default(),
+//!     DispatcherConfig::default(),
+//! );
+//! let mut events = engine.subscribe();
+//! engine.start().await?;
+//! let workflow = serde_json::json!({"1": {"class_type": "EmptyImage", "inputs": {}}});
+//! let job = engine.submit(JobSpec::new(UserId::new("alice")?, workflow)).await?;
+//! loop {
+//!     let event = events.recv().await?;
+//!     if event.job_id == job.id && event.kind.is_terminal() {
+//!         break;
+//!     }
+//! }
+//! let done = engine.get(job.id).await?.ok_or("job vanished")?;
+//! assert_eq!(done.state, JobState::Succeeded);
+//! assert_eq!(done.outputs[0].filename, "echo.txt");
+//! engine.shutdown(std::time::Duration::from_secs(1)).await;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod clock;
 pub mod dispatcher;
