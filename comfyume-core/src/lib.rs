@@ -95,3 +95,5 @@ pub use sink::{Artifact, LocalDirSink, OutputKind, OutputRef, OutputSink};
 pub use store::{
     CancelOutcome, JobFilter, JobStatus, JobStore, Lease, LeaseStatus, MemoryStore, ReapOutcome,
 };
+#[cfg(feature = "sqlite")]
+pub use store::{SqliteBlocking, SqliteOptions, SqliteStore, Synchronous};

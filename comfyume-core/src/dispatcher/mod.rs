@@ -209,8 +209,9 @@ impl Dispatcher {
         lock(&inner.scheduler).check_can_queue(&spec.owner)?;
         let (job, created) = inner.store.enqueue(spec, inner.clock.now()).await?;
         if created {
-            inner.restore(&job);
+            // Publish before the dispatch loop can see the job, so `queued` always precedes `dispatched`.
             inner.publish(&job, EventKind::Queued { reason: None });
+            inner.restore(&job);
         }
         Ok(job)
     }
@@ -483,14 +484,14 @@ impl Inner {
             match outcome {
                 ReapOutcome::Requeued(job) => {
                     tracing::warn!(job = %job.id, stalls = job.stalls, "lease expired; job queued again");
+                    let reason = format!("its worker stopped responding (stall {})", job.stalls);
+                    self.publish(&job, EventKind::Queued { reason: Some(reason) });
                     let local = lock(&self.running).get(&job.id).map(|r| r.lost.clone());
                     match local {
                         // Our own run lost its lease; it requeues the job when it has stopped.
                         Some(lost) => lost.cancel(),
                         None => self.restore(&job),
                     }
-                    let reason = format!("its worker stopped responding (stall {})", job.stalls);
-                    self.publish(&job, EventKind::Queued { reason: Some(reason) });
                 }
                 ReapOutcome::DeadLettered(job) => {
                     if let Some(run) = lock(&self.running).get(&job.id) {

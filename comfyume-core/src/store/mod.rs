@@ -29,7 +29,7 @@ mod sqlite;
 
 pub use memory::MemoryStore;
 #[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteStore, Synchronous};
+pub use sqlite::{SqliteBlocking, SqliteOptions, SqliteStore, Synchronous};
 
 /// Proof that a worker holds a job. Present it to every later step of that job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
