@@ -1,0 +1,83 @@
+//! Settings of a [`super::ComfyUiProvider`]: plain structs with defaults; the binary fills them from its
+//! config file.
+
+use std::time::Duration;
+
+/// One ComfyUI instance of the pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceConfig {
+    /// Its base URL, e.g. `http://gpu-box-1:8188` (a path prefix is allowed).
+    pub url: String,
+    /// Jobs handed to it at once. ComfyUI runs one prompt at a time, so 1 keeps comfyume's queue in
+    /// charge; 2 lets the next prompt wait on the box (no upload gap between jobs) at the cost of one job
+    /// being committed to that box early.
+    pub slots: usize,
+}
+
+impl InstanceConfig {
+    /// An instance with one slot.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            slots: 1,
+        }
+    }
+}
+
+/// How a pool of ComfyUI instances is reached and watched.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ComfyUiConfig {
+    /// The provider's name in logs, metrics and the admin page.
+    pub name: String,
+    /// The instances of the pool.
+    pub instances: Vec<InstanceConfig>,
+    /// How often each instance's `/system_stats` is checked.
+    pub health_interval: Duration,
+    /// How long a health check may take before the instance counts as not answering.
+    pub health_timeout: Duration,
+    /// Longest HTTP request (`POST /prompt`, `GET /view` of a large video, …).
+    pub request_timeout: Duration,
+    /// Longest TCP connect / websocket handshake.
+    pub connect_timeout: Duration,
+    /// First delay between websocket reconnection attempts; doubles up to `reconnect_max`.
+    pub reconnect_min: Duration,
+    /// Longest delay between websocket reconnection attempts.
+    pub reconnect_max: Duration,
+    /// How long a running job waits for its instance's websocket to come back before it is failed as
+    /// "provider unavailable" (and retried elsewhere by the dispatcher).
+    pub reconnect_grace: Duration,
+    /// More node classes whose `filename_prefix` must be set even when a workflow leaves it out
+    /// (custom save nodes); the built-in list is [`super::PREFIX_CLASSES`].
+    pub extra_prefix_classes: Vec<String>,
+}
+
+impl Default for ComfyUiConfig {
+    fn default() -> Self {
+        Self {
+            name: "comfyui".into(),
+            instances: Vec::new(),
+            health_interval: Duration::from_secs(5),
+            health_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(5),
+            reconnect_min: Duration::from_millis(250),
+            reconnect_max: Duration::from_secs(10),
+            reconnect_grace: Duration::from_secs(10),
+            extra_prefix_classes: Vec::new(),
+        }
+    }
+}
+
+impl ComfyUiConfig {
+    /// A pool of the given URLs, one slot each, with default settings.
+    pub fn with_urls<I, S>(urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            instances: urls.into_iter().map(InstanceConfig::new).collect(),
+            ..Self::default()
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! One ComfyUI instance of the pool: its websocket (one per instance, a fixed `clientId`), the jobs it
+//! runs, and its health.
+//!
+//! The websocket reader demultiplexes frames by `prompt_id` into one channel per job. Frames without a
+//! prompt id (legacy previews, progress text, the reconnect notice) belong to the prompt that is running,
+//! which is known from `execution_start`. When the socket drops, every job is told (`Disconnected`);
+//! the reader reconnects at once and then with backoff, and tells the jobs whether the instance came
+//! back (`Reconnected`) or not (`Lost`). A failing `/system_stats` takes the instance out of rotation and
+//! loses its jobs; it rejoins when it answers again.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::config::ComfyUiConfig;
+use crate::protocol::{ComfyClient, Frame, ServerMessage, WsConnection};
+
+/// What an instance tells one of its jobs.
+#[derive(Debug)]
+pub(crate) enum Delivery {
+    /// A frame about this job.
+    Frame(Box<Frame>),
+    /// The websocket dropped; frames may have been missed.
+    Disconnected,
+    /// The websocket is back (after `Disconnected`).
+    Reconnected,
+    /// The instance is gone (reconnect failed, health check failed).
+    Lost(String),
+}
+
+struct JobEntry {
+    tx: mpsc::UnboundedSender<Delivery>,
+    started: bool,
+    awaiting_reconnect: bool,
+}
+
+#[derive(Default)]
+struct State {
+    connected: bool,
+    healthy: bool,
+    last_error: Option<String>,
+    jobs: HashMap<String, JobEntry>,
+    running: Option<String>,
+    /// Recently cancelled prompts: if one starts after all (the queue delete lost a race), interrupt it.
+    cancelled: VecDeque<String>,
+}
+
+const CANCELLED_MEMORY: usize = 64;
+
+/// A snapshot of one instance, for the admin page and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceStatus {
+    /// Its base URL.
+    pub url: String,
+    /// True while its websocket is open.
+    pub connected: bool,
+    /// True while `/system_stats` answers.
+    pub healthy: bool,
+    /// Jobs it holds now.
+    pub jobs: usize,
+    /// Jobs it may hold at once.
+    pub slots: usize,
+    /// The last problem seen, while it is not usable.
+    pub last_error: Option<String>,
+}
+
+pub(crate) struct Instance {
+    pub(crate) url: String,
+    pub(crate) client: ComfyClient,
+    pub(crate) client_id: String,
+    pub(crate) slots: usize,
+    state: Mutex<State>,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Removes a job from its instance when the job's stream is dropped.
+pub(crate) struct JobGuard {
+    instance: Arc<Instance>,
+    prompt_id: String,
+}
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        lock(&self.instance.state).jobs.remove(&self.prompt_id);
+    }
+}
+
+impl Instance {
+    pub(crate) fn new(url: String, client: ComfyClient, slots: usize) -> Self {
+        Self {
+            url,
+            client,
+            client_id: uuid::Uuid::new_v4().simple().to_string(),
+            slots,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Connected and healthy: in rotation.
+    pub(crate) fn usable(&self) -> bool {
+        let st = lock(&self.state);
+        st.connected && st.healthy
+    }
+
+    /// Jobs held now.
+    pub(crate) fn load(&self) -> usize {
+        lock(&self.state).jobs.len()
+    }
+
+    pub(crate) fn status(&self) -> InstanceStatus {
+        let st = lock(&self.state);
+        InstanceStatus {
+            url: self.url.clone(),
+            connected: st.connected,
+            healthy: st.healthy,
+            jobs: st.jobs.len(),
+            slots: self.slots,
+            last_error: st.last_error.clone(),
+        }
+    }
+
+    /// Takes a slot for a job, if the instance is usable and has one free.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        prompt_id: &str,
+    ) -> Option<(JobGuard, mpsc::UnboundedReceiver<Delivery>)> {
+        let mut st = lock(&self.state);
+        if !(st.connected && st.healthy) || st.jobs.len() >= self.slots || st.jobs.contains_key(prompt_id) {
+            return None;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let entry = JobEntry {
+            tx,
+            started: false,
+            awaiting_reconnect: false,
+        };
+        st.jobs.insert(prompt_id.to_string(), entry);
+        let guard = JobGuard {
+            instance: Arc::clone(self),
+            prompt_id: prompt_id.to_string(),
+        };
+        Some((guard, rx))
+    }
+
+    /// Marks a job as cancelled. `Some(started)` when the instance holds it, `None` otherwise.
+    pub(crate) fn mark_cancelled(&self, prompt_id: &str) -> Option<bool> {
+        let mut st = lock(&self.state);
+        let started = st.jobs.get(prompt_id)?.started;
+        if st.cancelled.len() >= CANCELLED_MEMORY {
+            st.cancelled.pop_front();
+        }
+        st.cancelled.push_back(prompt_id.to_string());
+        Some(started)
+    }
+
+    /// The instance failed a request: out of rotation until the next good health check.
+    pub(crate) fn mark_unhealthy(&self, reason: &str) {
+        let mut st = lock(&self.state);
+        st.healthy = false;
+        st.last_error = Some(reason.to_string());
+    }
+
+    /// Sends a frame to the job it is about.
+    fn route(self: &Arc<Self>, frame: Frame) {
+        let mut interrupt = None;
+        {
+            let mut st = lock(&self.state);
+            let target = match &frame {
+                Frame::Message(m) => {
+                    let pid = m.prompt_id().map(str::to_string);
+                    match m {
+                        ServerMessage::Status(_) | ServerMessage::FeatureFlags(_) => None,
+                        ServerMessage::ExecutionStart(_) => {
+                            st.running.clone_from(&pid);
+                            if let Some(p) = &pid {
+                                if st.cancelled.contains(p) {
+                                    interrupt = Some(p.clone());
+                                }
+                                if let Some(job) = st.jobs.get_mut(p) {
+                                    job.started = true;
+                                }
+                            }
+                            pid
+                        }
+                        ServerMessage::ExecutionSuccess(_)
+                        | ServerMessage::ExecutionError(_)
+                        | ServerMessage::ExecutionInterrupted(_) => {
+                            if pid.is_some() && st.running == pid {
+                                st.running = None;
+                            }
+                            pid
+                        }
+                        ServerMessage::Executing(e) if e.node.is_none() => {
+                            if pid.is_some() && st.running == pid {
+                                st.running = None;
+                            }
+                            pid
+                        }
+                        _ => pid.or_else(|| st.running.clone()),
+                    }
+                }
+                Frame::Binary(b) => b.prompt_id().map(str::to_string).or_else(|| st.running.clone()),
+            };
+            if let Some(job) = target.and_then(|t| st.jobs.get(&t)) {
+                let _ = job.tx.send(Delivery::Frame(Box::new(frame)));
+            }
+        }
+        if let Some(prompt_id) = interrupt {
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                if let Err(e) = client.interrupt(Some(&prompt_id)).await {
+                    tracing::warn!(prompt = %prompt_id, error = %e, "could not interrupt a cancelled prompt");
+                }
+            });
+        }
+    }
+
+    pub(crate) fn set_connected(&self) {
+        let mut st = lock(&self.state);
+        st.connected = true;
+        if st.healthy {
+            st.last_error = None;
+        }
+        for job in st.jobs.values_mut().filter(|j| j.awaiting_reconnect) {
+            job.awaiting_reconnect = false;
+            let _ = job.tx.send(Delivery::Reconnected);
+        }
+    }
+
+    fn set_disconnected(&self, reason: &str) {
+        let mut st = lock(&self.state);
+        st.connected = false;
+        st.running = None;
+        st.last_error = Some(format!("websocket: {reason}"));
+        for job in st.jobs.values_mut() {
+            job.awaiting_reconnect = true;
+            let _ = job.tx.send(Delivery::Disconnected);
+        }
+    }
+
+    pub(crate) fn connect_failed(&self, reason: &str) {
+        let mut st = lock(&self.state);
+        st.last_error = Some(format!("websocket: {reason}"));
+        let message = format!("lost the connection to the ComfyUI at {}: {reason}", self.url);
+        for job in st.jobs.values_mut().filter(|j| j.awaiting_reconnect) {
+            job.awaiting_reconnect = false;
+            let _ = job.tx.send(Delivery::Lost(message.clone()));
+        }
+    }
+
+    /// One `/system_stats` check; a failure loses the instance's jobs.
+    pub(crate) async fn check_health(&self, timeout: Duration) {
+        let result = match tokio::time::timeout(timeout, self.client.system_stats()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("/system_stats did not answer within {timeout:?}")),
+        };
+        let mut st = lock(&self.state);
+        match result {
+            Ok(()) => {
+                if !st.healthy {
+                    tracing::info!(instance = %self.url, "ComfyUI instance is healthy");
+                }
+                st.healthy = true;
+                if st.connected {
+                    st.last_error = None;
+                }
+            }
+            Err(reason) => {
+                if st.healthy {
+                    tracing::warn!(instance = %self.url, %reason, "ComfyUI instance stopped answering");
+                }
+                st.healthy = false;
+                let message = format!("the ComfyUI at {} stopped answering: {reason}", self.url);
+                for job in st.jobs.values() {
+                    let _ = job.tx.send(Delivery::Lost(message.clone()));
+                }
+                st.last_error = Some(reason);
+            }
+        }
+    }
+
+    pub(crate) async fn health_loop(self: Arc<Self>, config: Arc<ComfyUiConfig>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(config.health_interval) => {}
+                _ = stop.cancelled() => return,
+            }
+            tokio::select! {
+                _ = self.check_health(config.health_timeout) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Opens the websocket (used once at start, then by the loop).
+    pub(crate) async fn connect(&self, config: &ComfyUiConfig) -> Result<WsConnection, String> {
+        WsConnection::connect(&self.client, &self.client_id, config.connect_timeout)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Reads the websocket for as long as the provider lives, reconnecting with backoff.
+    pub(crate) async fn connection_loop(
+        self: Arc<Self>,
+        mut initial: Option<WsConnection>,
+        config: Arc<ComfyUiConfig>,
+        stop: CancellationToken,
+    ) {
+        let mut failures: u32 = 0;
+        loop {
+            let mut ws = match initial.take() {
+                Some(ws) => ws,
+                None => {
+                    let attempt = tokio::select! {
+                        r = self.connect(&config) => r,
+                        _ = stop.cancelled() => return,
+                    };
+                    match attempt {
+                        Ok(ws) => ws,
+                        Err(reason) => {
+                            self.connect_failed(&reason);
+                            failures = failures.saturating_add(1);
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff(&config, failures)) => {}
+                                _ = stop.cancelled() => return,
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            self.set_connected();
+            let since = Instant::now();
+            let reason = loop {
+                let frame = tokio::select! {
+                    f = ws.next() => f,
+                    _ = stop.cancelled() => {
+                        ws.close().await;
+                        return;
+                    }
+                };
+                match frame {
+                    Some(Ok(frame)) => self.route(frame),
+                    Some(Err(e)) => break e.to_string(),
+                    None => break "the instance closed the websocket".to_string(),
+                }
+            };
+            tracing::warn!(instance = %self.url, %reason, "ComfyUI websocket dropped");
+            self.set_disconnected(&reason);
+            // Reconnect at once after a connection that lived; back off when connections keep dying.
+            if since.elapsed() > Duration::from_secs(5) {
+                failures = 0;
+            } else {
+                failures = failures.saturating_add(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff(&config, failures)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+/// `reconnect_min * 2^(failures-1)`, at most `reconnect_max`.
+fn backoff(config: &ComfyUiConfig, failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    config
+        .reconnect_min
+        .saturating_mul(1 << exp)
+        .min(config.reconnect_max)
+}

@@ -1,0 +1,319 @@
+//! One job on one instance: the instance's frames for this prompt, turned into [`ProviderEvent`]s.
+//!
+//! The stream is lazy: it does its work (fetching outputs with `/view`) while the dispatcher polls it,
+//! and dropping it frees the job's slot on the instance. It ends right after its one terminal event.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use comfyume_core::{Artifact, Failure, FailureKind, JobId, ProviderEvent, ProviderEventStream};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::instance::{Delivery, Instance, JobGuard};
+use super::rewrite::{PlannedFile, job_prefix, plan_outputs};
+use crate::protocol::{BinaryFrame, FileRef, Frame, ServerMessage, node_error_failure, steps};
+
+pub(crate) struct JobRun {
+    prompt_id: String,
+    prefix: String,
+    instance: Arc<Instance>,
+    rx: mpsc::UnboundedReceiver<Delivery>,
+    _guard: JobGuard,
+    reconnect_grace: Duration,
+    queue: VecDeque<ProviderEvent>,
+    finished: bool,
+    started: bool,
+    cached: HashSet<String>,
+    delivered: HashSet<FileRef>,
+}
+
+impl JobRun {
+    pub(crate) fn new(
+        job: JobId,
+        instance: Arc<Instance>,
+        registration: (JobGuard, mpsc::UnboundedReceiver<Delivery>),
+        reconnect_grace: Duration,
+    ) -> Self {
+        let (guard, rx) = registration;
+        Self {
+            prompt_id: job.to_string(),
+            prefix: job_prefix(job),
+            instance,
+            rx,
+            _guard: guard,
+            reconnect_grace,
+            queue: VecDeque::new(),
+            finished: false,
+            started: false,
+            cached: HashSet::new(),
+            delivered: HashSet::new(),
+        }
+    }
+
+    /// ComfyUI accepted the prompt but dropped some invalid outputs: tell the user before anything runs.
+    pub(crate) fn warn_node_errors(&mut self, node_errors: Value) {
+        if node_errors.as_object().is_some_and(|m| !m.is_empty()) {
+            self.queue.push_back(ProviderEvent::Other {
+                kind: "node_errors".into(),
+                data: node_errors,
+            });
+        }
+    }
+
+    pub(crate) fn into_stream(self) -> ProviderEventStream {
+        futures::stream::unfold(self, |mut run| async move {
+            let event = run.next_event().await?;
+            Some((event, run))
+        })
+        .boxed()
+    }
+
+    async fn next_event(&mut self) -> Option<ProviderEvent> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Some(event);
+            }
+            if self.finished {
+                return None;
+            }
+            match self.rx.recv().await {
+                Some(delivery) => self.handle(delivery).await,
+                None => self.lost("the ComfyUI provider was shut down".into()),
+            }
+        }
+    }
+
+    fn push(&mut self, event: ProviderEvent) {
+        if !self.finished {
+            self.queue.push_back(event);
+        }
+    }
+
+    fn finish(&mut self, event: ProviderEvent) {
+        if !self.finished {
+            self.queue.push_back(event);
+            self.finished = true;
+        }
+    }
+
+    async fn handle(&mut self, delivery: Delivery) {
+        match delivery {
+            Delivery::Frame(frame) => match *frame {
+                Frame::Message(m) => self.on_message(m).await,
+                Frame::Binary(b) => self.on_binary(b),
+            },
+            Delivery::Disconnected => self.on_disconnect().await,
+            Delivery::Reconnected => {}
+            Delivery::Lost(reason) => self.lost(reason),
+        }
+    }
+
+    async fn on_message(&mut self, message: ServerMessage) {
+        match message {
+            ServerMessage::ExecutionStart(_) => {
+                if !self.started {
+                    self.started = true;
+                    self.push(ProviderEvent::Started);
+                }
+            }
+            ServerMessage::ExecutionCached(c) => {
+                self.cached.extend(c.nodes.iter().cloned());
+                self.push(ProviderEvent::Cached { nodes: c.nodes });
+            }
+            ServerMessage::Executing(e) => match e.node {
+                Some(node) => self.push(ProviderEvent::Executing { node }),
+                // The prompt is over but its end was not seen (frames were missed): ask its history.
+                None => self.history_check().await,
+            },
+            ServerMessage::Progress(p) => self.push(ProviderEvent::Progress {
+                node: p.node,
+                value: steps(&p.value),
+                max: steps(&p.max),
+            }),
+            ServerMessage::Executed(e) => self.on_executed(&e.node, &e.output).await,
+            ServerMessage::ExecutionSuccess(_) => self.finish(ProviderEvent::Completed),
+            ServerMessage::ExecutionError(ref e) => {
+                let failure = node_error_failure(e, message.data());
+                self.finish(ProviderEvent::Failed(failure));
+            }
+            ServerMessage::ExecutionInterrupted(ref i) => {
+                let failure = Failure {
+                    node_id: i.node_id.clone(),
+                    node_type: i.node_type.clone(),
+                    details: message.data(),
+                    ..Failure::new(
+                        FailureKind::ProviderError,
+                        format!(
+                            "the job was interrupted on the ComfyUI at {} (not by comfyume)",
+                            self.instance.url
+                        ),
+                    )
+                };
+                self.finish(ProviderEvent::Failed(failure));
+            }
+            ServerMessage::Status(_) | ServerMessage::FeatureFlags(_) => {}
+            other => {
+                let kind = other.kind().to_string();
+                self.push(ProviderEvent::Other {
+                    kind,
+                    data: other.data(),
+                });
+            }
+        }
+    }
+
+    fn on_binary(&mut self, frame: BinaryFrame) {
+        match frame {
+            BinaryFrame::PreviewImage { format, data } => self.push(ProviderEvent::Preview {
+                content_type: format.content_type().to_string(),
+                data,
+            }),
+            BinaryFrame::PreviewImageWithMetadata { metadata, data } => self.push(ProviderEvent::Preview {
+                content_type: metadata.image_type.unwrap_or_else(|| "image/jpeg".into()),
+                data,
+            }),
+            BinaryFrame::Text { node_id, text, .. } => self.push(ProviderEvent::Other {
+                kind: "progress_text".into(),
+                data: json!({ "node": node_id, "text": text }),
+            }),
+            other => tracing::debug!(?other, "ignoring a binary frame"),
+        }
+    }
+
+    /// Fetches this job's files of one node's output, then reports the output as the user sees it.
+    async fn on_executed(&mut self, node: &str, output: &Value) {
+        let plan = plan_outputs(output, &self.prefix, self.cached.contains(node));
+        for why in &plan.refused {
+            tracing::warn!(job = %self.prompt_id, node, reason = %why, "refused an output that is not this job's");
+        }
+        let files: Vec<PlannedFile> = plan
+            .files
+            .into_iter()
+            .filter(|f| self.delivered.insert(f.remote.clone()))
+            .collect();
+        let client = &self.instance.client;
+        let fetched = futures::future::try_join_all(files.iter().map(|f| client.view(&f.remote))).await;
+        match fetched {
+            Ok(data) => {
+                for (file, data) in files.into_iter().zip(data) {
+                    self.push(ProviderEvent::Artifact(Artifact {
+                        node_id: Some(node.to_string()),
+                        media: file.media,
+                        filename: file.remote.filename,
+                        subfolder: file.subfolder,
+                        kind: file.kind,
+                        data,
+                    }));
+                }
+                self.push(ProviderEvent::Executed {
+                    node: node.to_string(),
+                    output: plan.output,
+                });
+            }
+            Err(e) => {
+                let message = format!(
+                    "could not fetch an output from the ComfyUI at {}: {e}",
+                    self.instance.url
+                );
+                self.fail_remote(FailureKind::ProviderError, message);
+            }
+        }
+    }
+
+    /// The websocket dropped: wait (bounded) for it to come back, then ask the history what happened.
+    async fn on_disconnect(&mut self) {
+        let deadline = Instant::now() + self.reconnect_grace;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Err(_) => {
+                    let reason = format!(
+                        "the websocket to the ComfyUI at {} dropped and did not come back within {:?}",
+                        self.instance.url, self.reconnect_grace
+                    );
+                    return self.lost(reason);
+                }
+                Ok(None) => return self.lost("the ComfyUI provider was shut down".into()),
+                Ok(Some(Delivery::Reconnected)) => return self.history_check().await,
+                Ok(Some(Delivery::Lost(reason))) => return self.lost(reason),
+                Ok(Some(Delivery::Disconnected | Delivery::Frame(_))) => {}
+            }
+        }
+    }
+
+    /// After missed frames: the websocket stays the source of truth, the history is the fallback check.
+    /// A finished prompt is completed from its history; anything else is an infrastructure failure.
+    async fn history_check(&mut self) {
+        if self.finished {
+            return;
+        }
+        let url = self.instance.url.clone();
+        let entry = match self.instance.client.history(&self.prompt_id).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => {
+                return self.lost(format!(
+                    "lost track of the job on the ComfyUI at {url}: it did not finish there"
+                ));
+            }
+            Err(e) => return self.lost(format!("lost track of the job on the ComfyUI at {url}: {e}")),
+        };
+        let messages = entry.status.messages();
+        for m in &messages {
+            if let ServerMessage::ExecutionCached(c) = m {
+                self.cached.extend(c.nodes.iter().cloned());
+            }
+        }
+        if entry.status.status_str == "success" {
+            let mut nodes: Vec<(&String, &Value)> = entry.outputs.iter().collect();
+            nodes.sort_by(|a, b| node_order(a.0, b.0));
+            for (node, output) in nodes {
+                self.on_executed(node, output).await;
+            }
+            self.finish(ProviderEvent::Completed);
+            return;
+        }
+        for m in messages {
+            if matches!(
+                m,
+                ServerMessage::ExecutionError(_) | ServerMessage::ExecutionInterrupted(_)
+            ) {
+                Box::pin(self.on_message(m)).await;
+            }
+        }
+        if !self.finished {
+            self.lost(format!("the job did not finish on the ComfyUI at {url}"));
+        }
+    }
+
+    /// Fails the job as "provider unavailable" (retried elsewhere) and stops it on the instance.
+    fn lost(&mut self, reason: String) {
+        self.fail_remote(FailureKind::ProviderUnavailable, reason);
+    }
+
+    /// Fails the job for an infrastructure reason and makes sure the instance does not go on running it.
+    fn fail_remote(&mut self, kind: FailureKind, message: String) {
+        if self.finished {
+            return;
+        }
+        self.finish(ProviderEvent::Failed(Failure::new(kind, message)));
+        let client = self.instance.client.clone();
+        let id = self.prompt_id.clone();
+        tokio::spawn(async move {
+            let deleted = client.delete_queued(&[&id]).await;
+            let interrupted = client.interrupt(Some(&id)).await;
+            if let (Err(e), _) | (_, Err(e)) = (deleted, interrupted) {
+                tracing::debug!(prompt = %id, error = %e, "could not stop an abandoned prompt");
+            }
+        });
+    }
+}
+
+fn node_order(a: &str, b: &str) -> std::cmp::Ordering {
+    match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        _ => a.cmp(b),
+    }
+}

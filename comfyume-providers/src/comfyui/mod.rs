@@ -1,0 +1,269 @@
+//! [`ComfyUiProvider`]: a pool of ComfyUI instances (GPU boxes on the LAN, or this host) as one
+//! [`InferenceProvider`].
+//!
+//! How a job runs:
+//! 1. **Rewrite** ([`rewrite_workflow`]): every output node's `filename_prefix` becomes
+//!    `comfyume/<job_id>/<original>`; a workflow whose prefix cannot be made safe is refused as a
+//!    validation failure before anything is sent.
+//! 2. **Place**: the least busy instance that is healthy (`/system_stats` answers), has its websocket open
+//!    and a free slot. Each instance holds one websocket with a fixed `clientId` for all its jobs.
+//! 3. **Submit**: `POST /prompt` with the job id as `prompt_id` and the instance's `clientId`. A 400 is the
+//!    user's mistake ([`comfyume_core::FailureKind::Validation`], ComfyUI's body kept intact); an instance
+//!    that cannot be reached is marked unhealthy and the next one is tried.
+//! 4. **Follow**: the instance's websocket reader routes this prompt's frames to the job's stream, which
+//!    turns them into [`ProviderEvent`](comfyume_core::ProviderEvent)s: `Started`, `Cached`, `Executing`, `Progress`, `Preview`, and for
+//!    each `executed` output the job's own files fetched with `/view` as `Artifact`s (then `Executed`
+//!    with the prefix stripped, see [`plan_outputs`]). Exactly one terminal event ends the stream:
+//!    `execution_success` → `Completed`; `execution_error` → `Failed` (node error, the user's);
+//!    an `execution_interrupted` comfyume did not ask for, a websocket that drops without coming back,
+//!    an instance that stops answering → `Failed` as an infrastructure failure, which the dispatcher
+//!    retries on another instance. After a websocket reconnect, `/history/{id}` is checked once as a
+//!    fallback; nothing depends on reaching the same instance twice otherwise.
+//! 5. **Cancel**: a job not yet started on the instance is deleted from ComfyUI's queue; a running one is
+//!    interrupted by its prompt id (and one that starts after a lost race is interrupted as it starts).
+
+mod config;
+mod instance;
+mod job;
+mod rewrite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use comfyume_core::{Capacity, Health, InferenceProvider, Job, JobId, ProviderError, ProviderEventStream};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ComfyUiConfig, InstanceConfig};
+pub use instance::InstanceStatus;
+pub use rewrite::{
+    DEFAULT_PREFIX, OutputPlan, PREFIX_CLASSES, PREFIX_ROOT, PlannedFile, job_prefix, plan_outputs,
+    rewrite_workflow, strip_job_prefix,
+};
+
+use crate::error::{Error, Result};
+use crate::protocol::{ComfyClient, PromptRequest, validation_failure};
+use instance::Instance;
+use job::JobRun;
+
+/// A pool of ComfyUI instances, each with one or more slots, run as one provider.
+///
+/// Build it with [`ComfyUiProvider::start`] inside a tokio runtime; it keeps one websocket and one health
+/// check loop per instance until it is dropped.
+pub struct ComfyUiProvider {
+    config: Arc<ComfyUiConfig>,
+    instances: Vec<Arc<Instance>>,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for ComfyUiProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComfyUiProvider")
+            .field("name", &self.config.name)
+            .field("instances", &self.instances())
+            .finish()
+    }
+}
+
+impl ComfyUiProvider {
+    /// Checks the configuration, makes a first health check and websocket connection to every instance
+    /// (an instance that does not answer yet is not an error: it joins when it does), and starts the
+    /// background loops.
+    pub async fn start(config: ComfyUiConfig) -> Result<Self> {
+        if config.instances.is_empty() {
+            return Err(Error::Config(format!(
+                "provider '{}' has no ComfyUI instances",
+                config.name
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build an HTTP client: {e}")))?;
+        let mut instances = Vec::with_capacity(config.instances.len());
+        for ic in &config.instances {
+            if ic.slots == 0 {
+                return Err(Error::Config(format!("instance {} has 0 slots", ic.url)));
+            }
+            let client = ComfyClient::with_http(&ic.url, http.clone())?;
+            instances.push(Arc::new(Instance::new(ic.url.clone(), client, ic.slots)));
+        }
+        let config = Arc::new(config);
+        let stop = CancellationToken::new();
+        let first = instances.iter().map(|inst| async {
+            let (_, ws) = tokio::join!(inst.check_health(config.health_timeout), inst.connect(&config));
+            ws
+        });
+        let connections = futures::future::join_all(first).await;
+        for (inst, ws) in instances.iter().zip(connections) {
+            let ws = match ws {
+                Ok(ws) => {
+                    inst.set_connected();
+                    Some(ws)
+                }
+                Err(e) => {
+                    tracing::warn!(instance = %inst.url, error = %e, "ComfyUI not reachable yet");
+                    inst.connect_failed(&e);
+                    None
+                }
+            };
+            tokio::spawn(Arc::clone(inst).connection_loop(ws, Arc::clone(&config), stop.clone()));
+            tokio::spawn(Arc::clone(inst).health_loop(Arc::clone(&config), stop.clone()));
+        }
+        Ok(Self {
+            config,
+            instances,
+            stop,
+        })
+    }
+
+    /// The state of every instance.
+    pub fn instances(&self) -> Vec<InstanceStatus> {
+        self.instances.iter().map(|i| i.status()).collect()
+    }
+
+    /// The settings it runs with.
+    pub fn config(&self) -> &ComfyUiConfig {
+        &self.config
+    }
+
+    /// Stops the background loops (also done on drop). Jobs still streaming fail as unavailable.
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// Usable instances with a free slot, least busy first.
+    fn candidates(&self) -> Vec<Arc<Instance>> {
+        let mut free: Vec<(usize, usize, Arc<Instance>)> = self
+            .instances
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.usable())
+            .map(|(n, i)| (i.load(), n, Arc::clone(i)))
+            .filter(|(load, _, i)| *load < i.slots)
+            .collect();
+        free.sort_by_key(|(load, n, _)| (*load, *n));
+        free.into_iter().map(|(_, _, i)| i).collect()
+    }
+}
+
+impl Drop for ComfyUiProvider {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[async_trait]
+impl InferenceProvider for ComfyUiProvider {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn capacity(&self) -> Capacity {
+        let slots = self
+            .instances
+            .iter()
+            .filter(|i| i.usable())
+            .map(|i| i.slots)
+            .sum();
+        Capacity { slots }
+    }
+
+    async fn submit(&self, job: &Job) -> Result<ProviderEventStream, ProviderError> {
+        let workflow = rewrite_workflow(&job.spec.workflow, job.id, &self.config.extra_prefix_classes)
+            .map_err(|f| ProviderError::Rejected(*f))?;
+        let prompt_id = job.id.to_string();
+        let extra_data = job.spec.extra_data.is_object().then_some(&job.spec.extra_data);
+        let mut problems = Vec::new();
+        for instance in self.candidates() {
+            let Some(registration) = instance.register(&prompt_id) else {
+                continue;
+            };
+            let request = PromptRequest {
+                prompt: &workflow,
+                client_id: Some(&instance.client_id),
+                prompt_id: Some(&prompt_id),
+                extra_data,
+            };
+            match instance.client.submit(&request).await {
+                Ok(response) => {
+                    let mut run = JobRun::new(
+                        job.id,
+                        Arc::clone(&instance),
+                        registration,
+                        self.config.reconnect_grace,
+                    );
+                    run.warn_node_errors(response.node_errors);
+                    return Ok(run.into_stream());
+                }
+                Err(Error::Rejected(body)) => return Err(ProviderError::Rejected(validation_failure(body))),
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(instance = %instance.url, error = %e, "submit failed; trying another instance");
+                    instance.mark_unhealthy(&e.to_string());
+                    problems.push(e.to_string());
+                }
+                Err(e) => return Err(ProviderError::Protocol(e.to_string())),
+            }
+        }
+        let reason = if problems.is_empty() {
+            let usable = self.instances.iter().filter(|i| i.usable()).count();
+            format!(
+                "no ComfyUI instance of '{}' has a free slot ({usable} of {} reachable)",
+                self.config.name,
+                self.instances.len()
+            )
+        } else {
+            problems.join("; ")
+        };
+        Err(ProviderError::Unavailable(reason))
+    }
+
+    async fn cancel(&self, job: JobId) -> Result<(), ProviderError> {
+        let prompt_id = job.to_string();
+        for instance in &self.instances {
+            let Some(started) = instance.mark_cancelled(&prompt_id) else {
+                continue;
+            };
+            let result = if started {
+                instance.client.interrupt(Some(&prompt_id)).await
+            } else {
+                instance.client.delete_queued(&[&prompt_id]).await
+            };
+            return result.map_err(|e| ProviderError::Unavailable(e.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn health(&self) -> Health {
+        let down: Vec<String> = self
+            .instances
+            .iter()
+            .filter(|i| !i.usable())
+            .map(|i| {
+                let s = i.status();
+                format!(
+                    "{}: {}",
+                    s.url,
+                    s.last_error.unwrap_or_else(|| "not connected".into())
+                )
+            })
+            .collect();
+        if down.is_empty() {
+            Health::Healthy
+        } else if down.len() == self.instances.len() {
+            Health::Unavailable {
+                reason: down.join("; "),
+            }
+        } else {
+            Health::Degraded {
+                reason: down.join("; "),
+            }
+        }
+    }
+
+    fn health_interval(&self) -> Duration {
+        self.config.health_interval
+    }
+}
