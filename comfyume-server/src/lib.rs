@@ -1,5 +1,140 @@
 //! # comfyume-server
 //!
-//! comfyume's server. This crate will hold the REST API v1, the per-user ComfyUI-compatible workspace API
-//! that serves the official ComfyUI frontend, the live event WebSockets, the admin dashboard, auth, and
-//! `/health`, `/ready` and `/metrics`, as a library (`router`, `serve`) with a thin binary on top.
+//! comfyume's server: one process that serves a whole workshop. It holds the engine
+//! ([`comfyume_core::Dispatcher`]) and answers HTTP and WebSocket requests:
+//!
+//! - the REST API v1 under `/api/v1/` (submit, get, list, cancel, download outputs, queue overview, admin
+//!   overrides) with its OpenAPI document at `/api/v1/openapi.json`;
+//! - live events at `/api/v1/events` (a WebSocket: users see their own jobs, admins see all);
+//! - login at `/login` (browser form, HttpOnly session cookie) and `/api/v1/login` (JSON), bearer API
+//!   tokens for the command line ([`auth`]);
+//! - `/health` (the only open route), `/ready` and `/metrics` (Prometheus).
+//!
+//! It is a library with a thin binary on top (`comfyume serve`): [`build`] makes the state from a
+//! [`config::ServerConfig`], [`router`] gives the axum `Router`, and [`serve`] runs it on a listener until
+//! a shutdown signal, then lets running jobs finish (up to the configured grace period) and hands the rest
+//! back to the store. Tests use the same three on port 0.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod openapi;
+pub mod ops;
+pub mod state;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use comfyume_core::{Dispatcher, InferenceProvider, JobStore, LocalDirSink, MemoryStore};
+use tokio::net::TcpListener;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+
+pub use auth::{Admin, Auth, Principal};
+pub use config::ServerConfig;
+pub use error::{ApiError, ServerError};
+pub use state::AppState;
+
+/// Opens the store, the output sink and the credentials the configuration names, builds the engine over
+/// `providers`, and starts it (recovering what a previous run left). The credentials file must exist
+/// (see [`Auth::init_first_admin`]).
+pub async fn build(
+    config: ServerConfig,
+    providers: Vec<Arc<dyn InferenceProvider>>,
+) -> Result<AppState, ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        ServerError::Config(format!(
+            "cannot create the data directory {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let store: Arc<dyn JobStore> = match config.store.backend {
+        config::StoreBackend::Sqlite => {
+            let synchronous = match config.store.synchronous {
+                config::SyncMode::Normal => comfyume_core::Synchronous::Normal,
+                config::SyncMode::Full => comfyume_core::Synchronous::Full,
+            };
+            let options = comfyume_core::SqliteOptions::default().with_synchronous(synchronous);
+            Arc::new(comfyume_core::SqliteStore::open(config.store_path(), options)?)
+        }
+        config::StoreBackend::Memory => Arc::new(MemoryStore::new()),
+    };
+    let auth = Auth::from_config(&config)?;
+    let sink = LocalDirSink::new(&config.data_dir);
+    let holder = format!("comfyume-{}-{}", hostname(), std::process::id());
+    let engine = Dispatcher::new(
+        store,
+        Arc::new(sink.clone()),
+        providers,
+        config.scheduler_config(),
+        config.dispatcher_config(holder),
+    );
+    engine.start().await?;
+    let state = AppState::with_local_files(engine, auth, config, sink);
+    state.spawn_background_tasks();
+    Ok(state)
+}
+
+/// Every route of the server, over `state`.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config().max_body_bytes;
+    Router::new()
+        .route("/health", get(health))
+        .merge(auth::routes())
+        .merge(api::routes())
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::track_http,
+        ))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(ops::request_span)
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves; then stops taking requests, closes live
+/// event streams, lets running jobs finish for the configured grace period and hands the rest back to
+/// the store.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let token = state.shutdown_token().clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new requests; running jobs get their grace period");
+        token.cancel();
+    };
+    axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(signal)
+        .await?;
+    state.engine().shutdown(state.config().shutdown_grace()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Liveness: answers as long as the process does. Open to everyone.
+#[utoipa::path(get, path = "/health", tag = "operations", security(()),
+    responses((status = 200, description = "the process is alive", body = String)))]
+async fn health() -> &'static str {
+    "ok"
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_string())
+}

@@ -1,0 +1,547 @@
+//! The server's configuration: a TOML file (see `comfyume.example.toml` in the repository), overridden by
+//! `COMFYUME_…` environment variables, overridden by command-line flags.
+//!
+//! Every key has a default, so the server runs with no file at all: the embedded SQLite store in
+//! `./comfyume-data`, one ComfyUI at `http://127.0.0.1:8188`, listening on `127.0.0.1:8190`.
+//!
+//! Environment variables name a key with `__` between sections: `COMFYUME_LISTEN=0.0.0.0:8190`,
+//! `COMFYUME_SCHEDULER__POLICY=fifo`, `COMFYUME_JOBS__MAX_ATTEMPTS=5`. Unknown keys are errors (a typo must
+//! not silently fall back to a default), and every error names the key and where its value came from.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use comfyume_core::{DispatcherConfig, Policy, SchedulerConfig, UserCaps};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ServerError;
+
+/// The whole configuration, as read. Call [`ServerConfig::validate`] before use.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// Where the job store, credentials and users' files live (created if missing).
+    pub data_dir: PathBuf,
+    /// Largest request body accepted, in bytes (a workflow with its UI graph is typically well under 1 MB).
+    pub max_body_bytes: usize,
+    /// Deepest JSON nesting accepted in a submitted workflow.
+    pub max_json_depth: usize,
+    /// How long a shutdown waits for running jobs before handing them back to the queue, in seconds.
+    pub shutdown_grace_secs: u64,
+    /// The job store.
+    pub store: StoreSection,
+    /// The fair scheduler.
+    pub scheduler: SchedulerSection,
+    /// Leases, timeouts and retries.
+    pub jobs: JobsSection,
+    /// Users and sessions.
+    pub auth: AuthSection,
+    /// Where jobs run, in order of preference. Empty means one ComfyUI at `http://127.0.0.1:8188`.
+    pub providers: Vec<ProviderSection>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8190)),
+            data_dir: PathBuf::from("comfyume-data"),
+            max_body_bytes: 16 * 1024 * 1024,
+            max_json_depth: 64,
+            shutdown_grace_secs: 30,
+            store: StoreSection::default(),
+            scheduler: SchedulerSection::default(),
+            jobs: JobsSection::default(),
+            auth: AuthSection::default(),
+            providers: Vec::new(),
+        }
+    }
+}
+
+/// Which job store to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    /// One SQLite file: durable, the default for a single server.
+    #[default]
+    Sqlite,
+    /// In memory: every job is lost when the server stops. For demos and tests.
+    Memory,
+}
+
+/// How hard the SQLite store pushes commits to disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Survives a crash of the server process; a power loss may lose the last moments.
+    #[default]
+    Normal,
+    /// Survives a power loss too, at the cost of a disk flush per change.
+    Full,
+}
+
+/// `[store]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// `sqlite` or `memory`.
+    pub backend: StoreBackend,
+    /// The SQLite file (default `<data_dir>/comfyume.db`).
+    pub path: Option<PathBuf>,
+    /// `normal` or `full`.
+    pub synchronous: SyncMode,
+}
+
+/// `[scheduler]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerSection {
+    /// `fifo`, `round_robin` or `priority`.
+    pub policy: Policy,
+    /// Most jobs one user may have waiting (unset: no limit).
+    pub max_queued_per_user: Option<usize>,
+    /// Most jobs one user may have running at once (unset: no limit).
+    pub max_running_per_user: Option<usize>,
+    /// Highest priority a non-admin may ask for (admins may set any).
+    pub max_user_priority: i32,
+}
+
+impl Default for SchedulerSection {
+    fn default() -> Self {
+        Self {
+            policy: Policy::RoundRobin,
+            max_queued_per_user: Some(100),
+            max_running_per_user: None,
+            max_user_priority: 0,
+        }
+    }
+}
+
+/// `[jobs]`: leases, timeouts and retries, in seconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsSection {
+    /// A lease lapses after this long without a heartbeat.
+    pub lease_ttl_secs: u64,
+    /// Heartbeat period (well under the lease time).
+    pub heartbeat_secs: u64,
+    /// Attempts per job for infrastructure failures.
+    pub max_attempts: u32,
+    /// Lease expiries before a job is dead-lettered.
+    pub max_stalls: u32,
+    /// Longest wait in the queue (unset: forever).
+    pub queue_timeout_secs: Option<u64>,
+    /// Longest from dispatch to start (includes a serverless cold start).
+    pub start_timeout_secs: u64,
+    /// Longest run once started.
+    pub execution_timeout_secs: u64,
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        let d = DispatcherConfig::default();
+        Self {
+            lease_ttl_secs: d.lease_ttl.as_secs(),
+            heartbeat_secs: d.heartbeat_interval.as_secs(),
+            max_attempts: d.max_attempts,
+            max_stalls: d.max_stalls,
+            queue_timeout_secs: d.queue_timeout.map(|t| t.as_secs()),
+            start_timeout_secs: d.start_timeout.as_secs(),
+            execution_timeout_secs: d.execution_timeout.as_secs(),
+        }
+    }
+}
+
+/// `[auth]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// The credentials file (default `<data_dir>/users.toml`).
+    pub credentials: Option<PathBuf>,
+    /// How long a browser login lasts, in hours.
+    pub session_hours: u64,
+    /// Mark the session cookie `Secure` (set when served over HTTPS).
+    pub secure_cookies: bool,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            credentials: None,
+            session_hours: 12,
+            secure_cookies: false,
+        }
+    }
+}
+
+/// One `[[providers]]` entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum ProviderSection {
+    /// A pool of ComfyUI instances (GPU boxes on the LAN or this host).
+    Comfyui {
+        /// Name for logs, metrics and the admin page.
+        #[serde(default = "default_provider_name")]
+        name: String,
+        /// Base URLs of the instances.
+        urls: Vec<String>,
+        /// Jobs each instance runs at once (ComfyUI runs one).
+        #[serde(default = "one")]
+        slots: usize,
+    },
+}
+
+fn default_provider_name() -> String {
+    "comfyui".to_string()
+}
+
+fn one() -> usize {
+    1
+}
+
+impl ProviderSection {
+    /// The provider's name.
+    pub fn name(&self) -> &str {
+        match self {
+            ProviderSection::Comfyui { name, .. } => name,
+        }
+    }
+}
+
+/// Overrides from command-line flags: the last word on the keys they set.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Overrides {
+    /// `--listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The top-level keys, for telling configuration variables from other `COMFYUME_…` variables
+/// (`COMFYUME_TOKEN`, `COMFYUME_URL`, … belong to the command-line client).
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "max_body_bytes",
+    "max_json_depth",
+    "shutdown_grace_secs",
+    "store",
+    "scheduler",
+    "jobs",
+    "auth",
+    "providers",
+];
+
+impl ServerConfig {
+    /// Reads the configuration: defaults, then `file` (if given; it must exist), then `COMFYUME_…`
+    /// environment variables, then `overrides`. Errors name the key and its source.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ServerError> {
+        Self::load_with_env(file, overrides, Env::prefixed("COMFYUME_"))
+    }
+
+    fn load_with_env(file: Option<&Path>, overrides: &Overrides, env: Env) -> Result<Self, ServerError> {
+        let mut figment = Figment::from(Serialized::defaults(ServerConfig::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ServerError::Config(format!(
+                    "config file {} not found",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // The filter sees the key before it is lowercased.
+        let env = env.split("__").filter(|key| {
+            let first = key.as_str().split('.').next().unwrap_or("");
+            TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(first))
+        });
+        figment = figment.merge(env).merge(Serialized::globals(overrides));
+        let config: ServerConfig = figment.extract().map_err(|e| ServerError::Config(describe(e)))?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot: ranges, URLs, names. `file` is named in the error.
+    pub fn validate(&self, file: Option<&Path>) -> Result<(), ServerError> {
+        let bad = |key: &str, why: String| {
+            let source = file.map_or_else(
+                || "the defaults and environment".to_string(),
+                |p| format!("{} (or its environment override)", p.display()),
+            );
+            ServerError::Config(format!("invalid configuration key `{key}` in {source}: {why}"))
+        };
+        if self.max_body_bytes < 1024 {
+            return Err(bad(
+                "max_body_bytes",
+                format!("{} is too small (at least 1024)", self.max_body_bytes),
+            ));
+        }
+        if !(2..=1024).contains(&self.max_json_depth) {
+            return Err(bad(
+                "max_json_depth",
+                format!("{} is outside 2..=1024", self.max_json_depth),
+            ));
+        }
+        let j = &self.jobs;
+        if j.lease_ttl_secs == 0 || j.heartbeat_secs == 0 || j.heartbeat_secs * 2 > j.lease_ttl_secs {
+            return Err(bad(
+                "jobs.heartbeat_secs",
+                format!(
+                    "heartbeat every {} s does not fit a lease of {} s (needs at most half, both above 0)",
+                    j.heartbeat_secs, j.lease_ttl_secs
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("jobs.max_attempts", u64::from(j.max_attempts)),
+            ("jobs.max_stalls", u64::from(j.max_stalls)),
+            ("jobs.start_timeout_secs", j.start_timeout_secs),
+            ("jobs.execution_timeout_secs", j.execution_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(bad(key, "must be at least 1".to_string()));
+            }
+        }
+        if self.auth.session_hours == 0 {
+            return Err(bad("auth.session_hours", "must be at least 1".to_string()));
+        }
+        let mut names = HashSet::new();
+        for (i, provider) in self.providers.iter().enumerate() {
+            let ProviderSection::Comfyui { name, urls, slots } = provider;
+            if name.is_empty() || !names.insert(name.as_str()) {
+                return Err(bad(
+                    &format!("providers[{i}].name"),
+                    format!("'{name}' is empty or used twice"),
+                ));
+            }
+            if urls.is_empty() {
+                return Err(bad(
+                    &format!("providers[{i}].urls"),
+                    "lists no instance".to_string(),
+                ));
+            }
+            for (k, url) in urls.iter().enumerate() {
+                if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+                    return Err(bad(
+                        &format!("providers[{i}].urls[{k}]"),
+                        format!("'{url}' is not an http(s) URL such as http://127.0.0.1:8188"),
+                    ));
+                }
+            }
+            if *slots == 0 {
+                return Err(bad(
+                    &format!("providers[{i}].slots"),
+                    "must be at least 1".to_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The SQLite file of the job store.
+    pub fn store_path(&self) -> PathBuf {
+        self.store
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("comfyume.db"))
+    }
+
+    /// The credentials file.
+    pub fn credentials_path(&self) -> PathBuf {
+        self.auth
+            .credentials
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("users.toml"))
+    }
+
+    /// The providers to use: the configured ones, or the default local ComfyUI.
+    pub fn providers_or_default(&self) -> Vec<ProviderSection> {
+        if self.providers.is_empty() {
+            vec![ProviderSection::Comfyui {
+                name: default_provider_name(),
+                urls: vec!["http://127.0.0.1:8188".to_string()],
+                slots: 1,
+            }]
+        } else {
+            self.providers.clone()
+        }
+    }
+
+    /// The scheduler settings.
+    pub fn scheduler_config(&self) -> SchedulerConfig {
+        SchedulerConfig {
+            policy: self.scheduler.policy,
+            default_caps: UserCaps {
+                max_queued: self.scheduler.max_queued_per_user,
+                max_running: self.scheduler.max_running_per_user,
+            },
+        }
+    }
+
+    /// The dispatcher settings; `holder` names this server on its leases.
+    pub fn dispatcher_config(&self, holder: String) -> DispatcherConfig {
+        let j = &self.jobs;
+        DispatcherConfig {
+            holder,
+            lease_ttl: Duration::from_secs(j.lease_ttl_secs),
+            heartbeat_interval: Duration::from_secs(j.heartbeat_secs),
+            max_attempts: j.max_attempts,
+            max_stalls: j.max_stalls,
+            queue_timeout: j.queue_timeout_secs.map(Duration::from_secs),
+            start_timeout: Duration::from_secs(j.start_timeout_secs),
+            execution_timeout: Duration::from_secs(j.execution_timeout_secs),
+            ..DispatcherConfig::default()
+        }
+    }
+
+    /// How long shutdown waits for running jobs.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// A figment error in one line per problem: what is wrong, at which key, from which source.
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(source) => source.to_string(),
+                    None => m.name.to_string(),
+                })
+                .unwrap_or_else(|| "the configuration".to_string());
+            if key.is_empty() {
+                format!("invalid configuration in {source}: {}", e.kind)
+            } else {
+                format!("invalid configuration key `{key}` in {source}: {}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("comfyume.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn no_env() -> Env {
+        Env::prefixed("COMFYUME_TEST_UNSET_PREFIX_")
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = ServerConfig::load_with_env(None, &Overrides::default(), no_env()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8190");
+        assert_eq!(c.store_path(), PathBuf::from("comfyume-data/comfyume.db"));
+        assert_eq!(c.providers_or_default()[0].name(), "comfyui");
+        assert_eq!(c.scheduler_config().policy, Policy::RoundRobin);
+    }
+
+    #[test]
+    fn the_example_file_in_the_repository_is_valid() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../comfyume.example.toml");
+        let c = ServerConfig::load_with_env(Some(&example), &Overrides::default(), no_env()).unwrap();
+        assert!(!c.providers.is_empty());
+    }
+
+    #[test]
+    fn a_file_then_flags_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "listen = \"127.0.0.1:9000\"\n[scheduler]\npolicy = \"fifo\"\n\n[[providers]]\nkind = \"comfyui\"\n\
+             name = \"box\"\nurls = [\"http://10.0.0.5:8188\"]\n",
+        );
+        let flags = Overrides {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9001))),
+            data_dir: None,
+        };
+        let c = ServerConfig::load_with_env(Some(&path), &flags, no_env()).unwrap();
+        assert_eq!(c.listen.port(), 9001);
+        assert_eq!(c.scheduler.policy, Policy::Fifo);
+        assert_eq!(c.providers_or_default()[0].name(), "box");
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "[scheduler]\npolicy = \"lottery\"\n");
+        let err = ServerConfig::load_with_env(Some(&path), &Overrides::default(), no_env()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("scheduler.policy") && text.contains("comfyume.toml"),
+            "{text}"
+        );
+
+        let path = write(dir.path(), "[scheduler]\npolcy = \"fifo\"\n");
+        let text = ServerConfig::load_with_env(Some(&path), &Overrides::default(), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("polcy") && text.contains("comfyume.toml"), "{text}");
+
+        let path = write(
+            dir.path(),
+            "[[providers]]\nkind = \"comfyui\"\nurls = [\"localhost:8188\"]\n",
+        );
+        let text = ServerConfig::load_with_env(Some(&path), &Overrides::default(), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("providers[0].urls[0]") && text.contains("comfyume.toml"),
+            "{text}"
+        );
+
+        let missing = dir.path().join("nope.toml");
+        let text = ServerConfig::load_with_env(Some(&missing), &Overrides::default(), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("nope.toml") && text.contains("not found"), "{text}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's test jail fixes the closure's error type
+    fn environment_variables_override_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("COMFYUME_SCHEDULER__POLICY", "priority");
+            jail.set_env("COMFYUME_JOBS__MAX_ATTEMPTS", "7");
+            jail.set_env("COMFYUME_TOKEN", "belongs to the client, not the config");
+            let c = ServerConfig::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.scheduler.policy, Policy::Priority);
+            assert_eq!(c.jobs.max_attempts, 7);
+            jail.set_env("COMFYUME_JOBS__MAX_ATTEMPTS", "many");
+            let err = ServerConfig::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("jobs.max_attempts"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn inconsistent_timing_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "[jobs]\nlease_ttl_secs = 10\nheartbeat_secs = 8\n");
+        let text = ServerConfig::load_with_env(Some(&path), &Overrides::default(), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("jobs.heartbeat_secs"), "{text}");
+    }
+}

@@ -1,0 +1,137 @@
+//! What every request handler shares: the engine, auth, the configuration and the metrics.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use comfyume_core::{Dispatcher, LocalDirSink};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Auth;
+use crate::config::ServerConfig;
+use crate::events::positions::PositionBoard;
+use crate::ops::Metrics;
+
+/// The server's shared state. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Dispatcher,
+    auth: Auth,
+    config: ServerConfig,
+    started_at: Instant,
+    shutdown: CancellationToken,
+    metrics: Metrics,
+    positions: PositionBoard,
+    /// The engine's sink when it is a local directory: outputs are streamed from its files.
+    local_files: Option<LocalDirSink>,
+    background: AtomicBool,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("listen", &self.inner.config.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State around a built (and started) engine. Outputs are read through the engine's sink; see
+    /// [`AppState::with_local_files`] to stream them from a local directory instead.
+    pub fn new(engine: Dispatcher, auth: Auth, config: ServerConfig) -> Self {
+        Self::assemble(engine, auth, config, None)
+    }
+
+    /// State around an engine whose output sink is `files` (as [`crate::build`] makes it): downloads are
+    /// streamed from disk instead of read into memory.
+    pub fn with_local_files(
+        engine: Dispatcher,
+        auth: Auth,
+        config: ServerConfig,
+        files: LocalDirSink,
+    ) -> Self {
+        Self::assemble(engine, auth, config, Some(files))
+    }
+
+    fn assemble(
+        engine: Dispatcher,
+        auth: Auth,
+        config: ServerConfig,
+        local_files: Option<LocalDirSink>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                metrics: Metrics::new(engine.clone()),
+                engine,
+                auth,
+                config,
+                started_at: Instant::now(),
+                shutdown: CancellationToken::new(),
+                positions: PositionBoard::default(),
+                local_files,
+                background: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Starts the background tasks that follow the event bus (metrics collection, queue positions for
+    /// live streams) until [`AppState::shutdown_token`] is cancelled. [`crate::build`] calls it; a state
+    /// assembled by hand calls it once (later calls do nothing). Needs a Tokio runtime.
+    pub fn spawn_background_tasks(&self) {
+        if self.inner.background.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tokio::spawn(crate::ops::metrics::collect(self.clone()));
+        tokio::spawn(crate::events::positions::run(self.clone()));
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Dispatcher {
+        &self.inner.engine
+    }
+
+    /// Users, sessions and tokens.
+    pub fn auth(&self) -> &Auth {
+        &self.inner.auth
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// When this server started.
+    pub fn started_at(&self) -> Instant {
+        self.inner.started_at
+    }
+
+    /// Cancelled when the server begins shutting down: long-lived connections (WebSockets) close on it.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Queue positions shared by the live event streams.
+    pub fn positions(&self) -> &PositionBoard {
+        &self.inner.positions
+    }
+
+    /// Says the queue order changed without an event (an admin override), so live streams send new
+    /// positions.
+    pub fn queue_changed(&self) {
+        self.inner.positions.poke();
+    }
+
+    /// The output directory, when the engine's sink is a [`LocalDirSink`].
+    pub fn local_files(&self) -> Option<&LocalDirSink> {
+        self.inner.local_files.as_ref()
+    }
+}
