@@ -281,6 +281,12 @@ impl Dispatcher {
         lock(&self.inner.scheduler).order(limit)
     }
 
+    /// Reads the scheduler (stats, policy, pauses) without waking the dispatch loop. Keep `f` short:
+    /// dispatch waits while it runs.
+    pub fn read_scheduler<R>(&self, f: impl FnOnce(&Scheduler) -> R) -> R {
+        f(&lock(&self.inner.scheduler))
+    }
+
     /// Runs `f` on the scheduler (admin overrides: pause, weights, caps, move to front…) and then lets the
     /// dispatch loop look again. Keep `f` short: dispatch waits while it runs.
     pub fn with_scheduler<R>(&self, f: impl FnOnce(&mut Scheduler) -> R) -> R {

@@ -29,7 +29,7 @@ pub struct QueueState {
 }
 
 fn queue_state(state: &AppState) -> QueueState {
-    let (paused, policy) = state.engine().with_scheduler(|s| (s.is_paused(), s.policy()));
+    let (paused, policy) = state.engine().read_scheduler(|s| (s.is_paused(), s.policy()));
     QueueState {
         paused,
         policy: policy_name(policy),
@@ -133,7 +133,7 @@ pub async fn set_priority(
 fn user_view(state: &AppState, user: &comfyume_core::UserId) -> UserView {
     let stats = state
         .engine()
-        .with_scheduler(|s| s.user_stats(user))
+        .read_scheduler(|s| s.user_stats(user))
         .unwrap_or_default();
     UserView::new(user, &stats)
 }
@@ -142,7 +142,7 @@ fn user_view(state: &AppState, user: &comfyume_core::UserId) -> UserView {
 #[utoipa::path(get, path = "/api/v1/admin/users", tag = "admin",
     responses((status = 200, body = Vec<UserView>), (status = 403, body = ErrorBody)))]
 pub async fn users(State(state): State<AppState>, Admin(_): Admin) -> Json<Vec<UserView>> {
-    let all = state.engine().with_scheduler(|s| s.users());
+    let all = state.engine().read_scheduler(|s| s.users());
     Json(all.iter().map(|(u, s)| UserView::new(u, s)).collect())
 }
 
@@ -155,7 +155,7 @@ pub async fn pause_user(
     Admin(who): Admin,
     ApiPath(user): ApiPath<String>,
 ) -> Result<Json<UserView>, ApiError> {
-    let user = parse_user(&user)?;
+    let user = known_user(&state, &user)?;
     state.engine().with_scheduler(|s| s.pause_user(&user));
     tracing::info!(admin = %who.user, %user, "user paused");
     state.queue_changed();
@@ -171,7 +171,7 @@ pub async fn resume_user(
     Admin(who): Admin,
     ApiPath(user): ApiPath<String>,
 ) -> Result<Json<UserView>, ApiError> {
-    let user = parse_user(&user)?;
+    let user = known_user(&state, &user)?;
     state.engine().with_scheduler(|s| s.resume_user(&user));
     tracing::info!(admin = %who.user, %user, "user resumed");
     state.queue_changed();
@@ -196,7 +196,7 @@ pub async fn set_weight(
     ApiPath(user): ApiPath<String>,
     JsonBody(req): JsonBody<WeightRequest>,
 ) -> Result<Json<UserView>, ApiError> {
-    let user = parse_user(&user)?;
+    let user = known_user(&state, &user)?;
     if !(req.weight.is_finite() && req.weight > 0.0 && req.weight <= 1_000.0) {
         return Err(ApiError::bad_request(format!(
             "`weight` must be above 0 and at most 1000, got {}",
@@ -241,7 +241,7 @@ pub async fn set_caps(
     ApiPath(user): ApiPath<String>,
     JsonBody(req): JsonBody<CapsRequest>,
 ) -> Result<Json<UserView>, ApiError> {
-    let user = parse_user(&user)?;
+    let user = known_user(&state, &user)?;
     if req.max_running == Some(Some(0)) {
         return Err(ApiError::bad_request(
             "`max_running` 0 would hold the user back for good; pause the user instead",
@@ -324,4 +324,18 @@ pub async fn undrain(
     set_draining(&state, who.user.as_str(), &name, false)
         .await
         .map(Json)
+}
+
+/// The user an admin route names: a user in the credentials file, or one the scheduler still has jobs or
+/// settings for (removed from the file, jobs still waiting). Anyone else is a 404, so a typo does not
+/// silently create settings for a user who does not exist.
+fn known_user(state: &AppState, name: &str) -> Result<comfyume_core::UserId, ApiError> {
+    let user = parse_user(name)?;
+    let known =
+        state.auth().has_user(&user) || state.engine().read_scheduler(|s| s.user_stats(&user).is_some());
+    if known {
+        Ok(user)
+    } else {
+        Err(ApiError::not_found(format!("no user '{user}'")))
+    }
 }

@@ -105,7 +105,7 @@ pub async fn overview(
         )));
     }
     let engine = state.engine();
-    let (paused, policy, waiting, running, users) = engine.with_scheduler(|s| {
+    let (paused, policy, waiting, running, users) = engine.read_scheduler(|s| {
         (
             s.is_paused(),
             s.policy(),

@@ -213,7 +213,7 @@ impl EstimateBasis {
                 busy += p.in_flight.min(p.slots);
             }
         }
-        let (queue_paused, paused_users) = state.engine().with_scheduler(|s| {
+        let (queue_paused, paused_users) = state.engine().read_scheduler(|s| {
             let paused = s
                 .users()
                 .into_iter()

@@ -213,6 +213,11 @@ impl Auth {
         Ok(Some((admin, password)))
     }
 
+    /// True if `user` is in the credentials file.
+    pub fn has_user(&self, user: &UserId) -> bool {
+        self.snapshot().creds.user(user.as_str()).is_some()
+    }
+
     /// How many users may log in.
     pub fn user_count(&self) -> usize {
         self.snapshot().creds.users.len()

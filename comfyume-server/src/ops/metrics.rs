@@ -237,7 +237,7 @@ struct EngineGauges {
 
 impl Collector for EngineGauges {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let (users, paused) = self.engine.with_scheduler(|s| (s.users(), s.is_paused()));
+        let (users, paused) = self.engine.read_scheduler(|s| (s.users(), s.is_paused()));
         let per_user: [GaugeOf<comfyume_core::UserStats>; 3] = [
             ("queue_depth", "Jobs waiting, per user", |s| s.queued as i64),
             ("running_jobs", "Jobs running, per user", |s| s.running as i64),

@@ -142,6 +142,13 @@ async fn malformed_oversized_and_deep_bodies_are_refused_and_change_nothing() {
             "weight",
         ),
         (
+            s.request(Method::PUT, "/api/v1/admin/users/alcie/weight", Some("teacher"))
+                .json(&json!({"weight": 2})),
+            404,
+            "not_found",
+            "no user 'alcie'",
+        ),
+        (
             s.request(Method::PUT, "/api/v1/admin/users/alice/caps", Some("teacher"))
                 .json(&json!({"max_running": 0})),
             400,
