@@ -21,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod lock;
 pub mod openapi;
 pub mod ops;
 pub mod state;
@@ -38,6 +39,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 pub use auth::{Admin, Auth, Principal};
 pub use config::ServerConfig;
 pub use error::{ApiError, ServerError};
+pub use lock::DataDirLock;
 pub use state::AppState;
 
 /// Opens the store, the output sink and the credentials the configuration names, builds the engine over
@@ -53,6 +55,7 @@ pub async fn build(
             config.data_dir.display()
         ))
     })?;
+    let lock = DataDirLock::acquire(&config.data_dir)?;
     let store: Arc<dyn JobStore> = match config.store.backend {
         config::StoreBackend::Sqlite => {
             let synchronous = match config.store.synchronous {
@@ -66,7 +69,13 @@ pub async fn build(
     };
     let auth = Auth::from_config(&config)?;
     let sink = LocalDirSink::new(&config.data_dir);
-    let holder = format!("comfyume-{}-{}", hostname(), std::process::id());
+    // Stable across restarts (the data directory's lock guarantees a single server under it), so a
+    // restarted server takes back at once the jobs it held when it stopped.
+    let dir = config
+        .data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| config.data_dir.clone());
+    let holder = format!("comfyume@{}:{}", hostname(), dir.display());
     let engine = Dispatcher::new(
         store,
         Arc::new(sink.clone()),
@@ -75,7 +84,7 @@ pub async fn build(
         config.dispatcher_config(holder),
     );
     engine.start().await?;
-    let state = AppState::with_local_files(engine, auth, config, sink);
+    let state = AppState::built(engine, auth, config, sink, lock);
     state.spawn_background_tasks();
     Ok(state)
 }

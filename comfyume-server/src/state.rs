@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Auth;
 use crate::config::ServerConfig;
 use crate::events::positions::PositionBoard;
+use crate::lock::DataDirLock;
 use crate::ops::Metrics;
 
 /// The server's shared state. Cheap to clone.
@@ -29,6 +30,8 @@ struct Inner {
     /// The engine's sink when it is a local directory: outputs are streamed from its files.
     local_files: Option<LocalDirSink>,
     background: AtomicBool,
+    /// Held for as long as the server runs: no second server uses the same data directory.
+    _data_dir_lock: Option<DataDirLock>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -43,7 +46,7 @@ impl AppState {
     /// State around a built (and started) engine. Outputs are read through the engine's sink; see
     /// [`AppState::with_local_files`] to stream them from a local directory instead.
     pub fn new(engine: Dispatcher, auth: Auth, config: ServerConfig) -> Self {
-        Self::assemble(engine, auth, config, None)
+        Self::assemble(engine, auth, config, None, None)
     }
 
     /// State around an engine whose output sink is `files` (as [`crate::build`] makes it): downloads are
@@ -54,7 +57,18 @@ impl AppState {
         config: ServerConfig,
         files: LocalDirSink,
     ) -> Self {
-        Self::assemble(engine, auth, config, Some(files))
+        Self::assemble(engine, auth, config, Some(files), None)
+    }
+
+    /// What [`crate::build`] makes: local files, and the data directory's lock held for the server's life.
+    pub(crate) fn built(
+        engine: Dispatcher,
+        auth: Auth,
+        config: ServerConfig,
+        files: LocalDirSink,
+        lock: DataDirLock,
+    ) -> Self {
+        Self::assemble(engine, auth, config, Some(files), Some(lock))
     }
 
     fn assemble(
@@ -62,6 +76,7 @@ impl AppState {
         auth: Auth,
         config: ServerConfig,
         local_files: Option<LocalDirSink>,
+        data_dir_lock: Option<DataDirLock>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -74,6 +89,7 @@ impl AppState {
                 positions: PositionBoard::default(),
                 local_files,
                 background: AtomicBool::new(false),
+                _data_dir_lock: data_dir_lock,
             }),
         }
     }

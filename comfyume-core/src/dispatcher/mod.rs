@@ -152,14 +152,25 @@ impl Dispatcher {
         }
     }
 
-    /// Recovers what a previous run left (expired leases back to the queue, queued jobs into the
-    /// scheduler), checks provider health once, then starts the dispatch, reaper and health loops.
+    /// Recovers what a previous run left (its own leases and expired ones back to the queue, queued jobs
+    /// into the scheduler), checks provider health once, then starts the dispatch, reaper and health loops.
     /// Calling it twice does nothing the second time.
     pub async fn start(&self) -> Result<()> {
         if self.inner.started.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
         let inner = &self.inner;
+        // A previous run under this holder name (a restart after a crash) cannot still be working: its
+        // jobs go back to the queue now instead of waiting out their leases.
+        let (holder, now) = (&inner.config.holder, inner.clock.now());
+        let own = inner
+            .store
+            .recover_holder(holder, now, inner.config.max_stalls)
+            .await?;
+        if !own.is_empty() {
+            tracing::warn!(jobs = own.len(), %holder, "recovered the jobs this server held when it stopped");
+        }
+        inner.reaped(own);
         inner.reap().await?;
         let now = inner.clock.now();
         let queued = inner.store.queued().await?;
@@ -482,11 +493,17 @@ impl Inner {
 
     /// Returns jobs with expired leases to the queue (or dead-letters them) and tells everyone.
     async fn reap(&self) -> Result<()> {
-        for outcome in self
+        let outcomes = self
             .store
             .reap_expired(self.clock.now(), self.config.max_stalls)
-            .await?
-        {
+            .await?;
+        self.reaped(outcomes);
+        Ok(())
+    }
+
+    /// Publishes what the reaper (or start-up recovery) did and puts requeued jobs back in line.
+    fn reaped(&self, outcomes: Vec<ReapOutcome>) {
+        for outcome in outcomes {
             match outcome {
                 ReapOutcome::Requeued(job) => {
                     tracing::warn!(job = %job.id, stalls = job.stalls, "lease expired; job queued again");
@@ -522,7 +539,6 @@ impl Inner {
                 }
             }
         }
-        Ok(())
     }
 
     /// Fails jobs that waited longer than the queue timeout.

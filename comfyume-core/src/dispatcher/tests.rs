@@ -597,6 +597,50 @@ async fn recovers_queued_jobs_and_expired_leases_at_start_up() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_restart_under_the_same_holder_recovers_its_leases_at_once() {
+    // This server ("test") crashed while holding a lease that has 30 s left.
+    let store = Arc::new(MemoryStore::new());
+    let clock = Clock::new();
+    let (held, _) = store.enqueue(spec("alice"), clock.now()).await.unwrap();
+    store
+        .claim(held.id, "test", "gpu", Duration::from_secs(30), clock.now())
+        .await
+        .unwrap();
+    let (other, _) = store.enqueue(spec("bob"), clock.now()).await.unwrap();
+    store
+        .claim(
+            other.id,
+            "another-server",
+            "gpu",
+            Duration::from_secs(30),
+            clock.now(),
+        )
+        .await
+        .unwrap();
+
+    let t0 = tokio::time::Instant::now();
+    let provider = ScriptedProvider::new("gpu", 1, ok_script(Duration::from_secs(1)));
+    let mut h = harness_with_store(store, vec![Arc::new(provider.clone())], config()).await;
+    let events = h.events_until_terminal(held.id).await;
+    assert_eq!(events.last().map(|e| e.is_terminal()), Some(true));
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "did not wait for the lease: {:?}",
+        t0.elapsed()
+    );
+    let held = h.job(held.id).await;
+    assert_eq!(
+        (held.state, held.attempts, held.stalls),
+        (JobState::Succeeded, 2, 1)
+    );
+    assert_eq!(
+        h.job(other.id).await.state,
+        JobState::Leased,
+        "another holder's lease is left to expire"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_hands_running_jobs_back_to_the_queue() {
     let hang = Script::Run(vec![Step::Emit(ProviderEvent::Started), Step::Hang]);
     let provider = ScriptedProvider::new("gpu", 1, hang);

@@ -18,7 +18,8 @@
 //! - `release` does not count the attempt; `fail` with a retry time requeues with `not_before`.
 //! - `cancel` ends a queued job, flags a held one (its heartbeat then says so), leaves a finished one.
 //!   A job whose cancellation was requested is never requeued: a retry, a release or a reap cancels it.
-//! - `reap_expired` requeues lapsed leases (stall + 1) and dead-letters a job at `max_stalls`.
+//! - `reap_expired` requeues lapsed leases (stall + 1) and dead-letters a job at `max_stalls`;
+//!   `recover_holder` does the same at once for every lease of one holder.
 //! - `list` is newest first with owner/status filters and paging; `queued` is oldest first.
 
 use std::fmt::Debug;
@@ -93,6 +94,7 @@ macro_rules! job_store_conformance_tests {
             check_reap_requeues_lapsed_leases,
             check_reap_dead_letters_after_max_stalls,
             check_reap_cancels_when_cancellation_is_pending,
+            check_recover_holder_lapses_only_that_holders_leases,
         );
     };
     (@tests $make:expr ; $($check:ident),* $(,)?) => {

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
-use super::record::Record;
+use super::record::{self, Record};
 use super::*;
 use crate::error::Error;
 
@@ -52,6 +52,26 @@ impl MemoryStore {
         let job = record.job.clone();
         inner.reindex(&job);
         Ok((out, job))
+    }
+}
+
+impl MemoryStore {
+    /// Applies `lapse` to every held job in enqueue order and returns what it did.
+    fn lapse_held(&self, mut lapse: impl FnMut(&mut Record) -> Option<record::Reaped>) -> Vec<ReapOutcome> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let held: Vec<JobId> = inner.held.values().copied().collect();
+        let mut outcomes = Vec::new();
+        for id in held {
+            if let Some(record) = inner.records.get_mut(&id)
+                && let Some(done) = lapse(record)
+            {
+                let job = record.job.clone();
+                inner.reindex(&job);
+                outcomes.push(done.outcome(job));
+            }
+        }
+        outcomes
     }
 }
 
@@ -190,20 +210,16 @@ impl JobStore for MemoryStore {
     }
 
     async fn reap_expired(&self, now: Timestamp, max_stalls: u32) -> Result<Vec<ReapOutcome>> {
-        let mut guard = self.lock();
-        let inner = &mut *guard;
-        let held: Vec<JobId> = inner.held.values().copied().collect();
-        let mut outcomes = Vec::new();
-        for id in held {
-            if let Some(record) = inner.records.get_mut(&id)
-                && let Some(done) = record.reap(now, max_stalls)
-            {
-                let job = record.job.clone();
-                inner.reindex(&job);
-                outcomes.push(done.outcome(job));
-            }
-        }
-        Ok(outcomes)
+        Ok(self.lapse_held(|record| record.reap(now, max_stalls)))
+    }
+
+    async fn recover_holder(
+        &self,
+        holder: &str,
+        now: Timestamp,
+        max_stalls: u32,
+    ) -> Result<Vec<ReapOutcome>> {
+        Ok(self.lapse_held(|record| record.recover_from(holder, now, max_stalls)))
     }
 }
 

@@ -196,4 +196,10 @@ pub trait JobStore: Send + Sync {
     /// Requeues every job whose lease expired before `now` (stall counter + 1), dead-letters the ones that
     /// reach `max_stalls`, and cancels those whose cancellation was pending.
     async fn reap_expired(&self, now: Timestamp, max_stalls: u32) -> Result<Vec<ReapOutcome>>;
+
+    /// Treats every lease held by `holder` as lapsed now, exactly as [`JobStore::reap_expired`] would
+    /// once they expire. For a server that restarts under the same holder name after a crash: its
+    /// previous run cannot still be working, so its jobs need not wait out their leases.
+    async fn recover_holder(&self, holder: &str, now: Timestamp, max_stalls: u32)
+    -> Result<Vec<ReapOutcome>>;
 }

@@ -277,10 +277,22 @@ impl Record {
         if !self.is_expired(now) {
             return None;
         }
+        Some(self.lapse(now, max_stalls))
+    }
+
+    /// Deals with a lease held by `holder` as if it had lapsed (see [`Record::reap`]): for a server that
+    /// restarts under the same name, whose previous run cannot still be working. `None` when the job is
+    /// not held by `holder`; then nothing changed.
+    pub(crate) fn recover_from(&mut self, holder: &str, now: Timestamp, max_stalls: u32) -> Option<Reaped> {
+        let held_by = self.is_held() && self.lease.as_ref().is_some_and(|l| l.holder == holder);
+        held_by.then(|| self.lapse(now, max_stalls))
+    }
+
+    fn lapse(&mut self, now: Timestamp, max_stalls: u32) -> Reaped {
         if self.job.cancel_requested {
             let reason = "cancelled; its worker stopped responding".to_owned();
             self.finish(JobState::Cancelled { reason }, now);
-            return Some(Reaped::Cancelled);
+            return Reaped::Cancelled;
         }
         self.job.stalls = self.job.stalls.saturating_add(1);
         if self.job.stalls >= max_stalls {
@@ -298,10 +310,10 @@ impl Record {
                 },
                 now,
             );
-            Some(Reaped::DeadLettered)
+            Reaped::DeadLettered
         } else {
             self.requeue();
-            Some(Reaped::Requeued)
+            Reaped::Requeued
         }
     }
 

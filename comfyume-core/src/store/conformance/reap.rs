@@ -282,3 +282,52 @@ pub async fn check_reap_cancels_when_cancellation_is_pending(store: Store) -> Ch
     );
     Ok(())
 }
+
+/// `recover_holder` treats the leases of one holder as lapsed at once (stall + 1, or cancelled when
+/// cancellation was pending) and leaves other holders' leases alone.
+pub async fn check_recover_holder_lapses_only_that_holders_leases(store: Store) -> CheckResult {
+    let mine = add(&store, "alice", T0).await?.id;
+    let cancelled = add(&store, "alice", T0).await?.id;
+    let theirs = add(&store, "bob", T0).await?.id;
+    let waiting = add(&store, "bob", T0).await?.id;
+    claim(&store, mine, T0).await?;
+    claim(&store, cancelled, T0).await?;
+    store.cancel(cancelled, "by alice", at(1)).await.ctx("cancel")?;
+    store
+        .claim(theirs, "server-b", "gpu-2", TTL, T0)
+        .await
+        .ctx("claim by server-b")?;
+    // Well before any lease expires.
+    let outcomes = store
+        .recover_holder("server-a", at(2), 3)
+        .await
+        .ctx("recover_holder")?;
+    let [ReapOutcome::Requeued(a), ReapOutcome::Cancelled(c)] = outcomes.as_slice() else {
+        return Err(format!(
+            "expected [Requeued, Cancelled] in enqueue order, got {outcomes:?}"
+        ));
+    };
+    same("requeued job", a.id, mine)?;
+    same("its state", &a.state, &JobState::Queued)?;
+    same("its stalls", a.stalls, 1)?;
+    same("cancelled job", c.id, cancelled)?;
+    same(
+        "server-b's job",
+        read(&store, theirs).await?.state,
+        JobState::Leased,
+    )?;
+    same(
+        "the waiting job",
+        read(&store, waiting).await?.state,
+        JobState::Queued,
+    )?;
+    ensure!(
+        store
+            .recover_holder("server-a", at(3), 3)
+            .await
+            .ctx("recover_holder again")?
+            .is_empty(),
+        "a second recovery found leases again"
+    );
+    Ok(())
+}

@@ -390,18 +390,41 @@ impl JobStore for SqliteStore {
 
     async fn reap_expired(&self, now: Timestamp, max_stalls: u32) -> Result<Vec<ReapOutcome>> {
         self.write(move |tx| {
-            let mut expired = rows::select(tx, rows::EXPIRED, [rows::sql_int(now.0)])?;
-            // In enqueue order, as the in-memory store reaps.
-            expired.sort_unstable_by_key(|r| r.job.seq);
-            let mut outcomes = Vec::new();
-            for mut record in expired {
-                if let Some(done) = record.reap(now, max_stalls) {
-                    rows::write_back(tx, &record)?;
-                    outcomes.push(done.outcome(record.job));
-                }
-            }
-            Ok(outcomes)
+            let expired = rows::select(tx, rows::EXPIRED, [rows::sql_int(now.0)])?;
+            lapse_all(tx, expired, |record| record.reap(now, max_stalls))
         })
         .await
     }
+
+    async fn recover_holder(
+        &self,
+        holder: &str,
+        now: Timestamp,
+        max_stalls: u32,
+    ) -> Result<Vec<ReapOutcome>> {
+        let holder = holder.to_owned();
+        self.write(move |tx| {
+            let held = rows::select(tx, rows::HELD_BY, [holder.as_str()])?;
+            lapse_all(tx, held, |record| record.recover_from(&holder, now, max_stalls))
+        })
+        .await
+    }
+}
+
+/// Applies `lapse` to `records` in enqueue order (as the in-memory store does), writing back each one it
+/// changed.
+fn lapse_all(
+    tx: &rusqlite::Transaction<'_>,
+    mut records: Vec<super::record::Record>,
+    mut lapse: impl FnMut(&mut super::record::Record) -> Option<super::record::Reaped>,
+) -> Result<Vec<ReapOutcome>> {
+    records.sort_unstable_by_key(|r| r.job.seq);
+    let mut outcomes = Vec::new();
+    for mut record in records {
+        if let Some(done) = lapse(&mut record) {
+            rows::write_back(tx, &record)?;
+            outcomes.push(done.outcome(record.job));
+        }
+    }
+    Ok(outcomes)
 }

@@ -33,6 +33,8 @@ pub(super) const QUEUED: &str = select!("WHERE status = 'queued' ORDER BY seq");
 /// Every held job whose lease lapsed before `?1`, in no particular order (an `ORDER BY seq` would tempt
 /// SQLite to scan the whole table in rowid order instead of using the expiry index).
 pub(super) const EXPIRED: &str = select!("WHERE lease_expires_at < ?1");
+/// Jobs held under leases of one holder (the held-jobs index narrows the scan to held jobs).
+pub(super) const HELD_BY: &str = select!("WHERE lease_expires_at IS NOT NULL AND lease_holder = ?1");
 const NEXT_SEQ: &str = "SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs";
 const INSERT: &str = "INSERT INTO jobs (seq, id, owner, status, job, lease_token, lease_holder, \
                       lease_expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
