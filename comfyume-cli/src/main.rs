@@ -1,16 +1,35 @@
-//! The `comfyume` command.
+//! The `comfyume` command: the server (`serve`, `dev`), the client (`submit`, `watch`, `jobs`, `cancel`,
+//! `outputs`), administration (`users`, `config check`), the simulated worker and load measurements.
+//!
+//! Thin by design: each command parses its options and calls the libraries (`comfyume-server`,
+//! `comfyume-providers`) or the API client in `comfyume_cli::client`.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::time::Duration;
+mod config_check;
+mod connect;
+mod dev;
+mod jobs;
+mod load;
+mod logging;
+mod outputs;
+mod password;
+mod progress;
+mod serve;
+mod settings;
+mod sim_worker;
+mod submit;
+mod users;
+mod workflow;
 
-use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
-use comfyume_providers::sim::{ExecTime, SimConfig, SimWorker};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::logging::LogFormat;
+use comfyume_cli::exit::{EXIT_CODES_HELP, code_of};
 
 /// comfyume: a shared, fair GPU queue for ComfyUI.
 #[derive(Debug, Parser)]
-#[command(name = "comfyume", version, about)]
+#[command(name = "comfyume", version, after_help = MAIN_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,98 +38,118 @@ struct Cli {
 /// The subcommands of `comfyume`.
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the server: the fair queue, the REST API and live events, on the configured providers.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Serve(serve::ServeArgs),
+    /// Try everything on a laptop: a server plus SIMULATED ComfyUI workers (no GPU, no inference), a
+    /// `dev` user with a fresh token, and a ready-made `submit` line.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Dev(dev::DevArgs),
+    /// Submit a workflow (API format); with --wait, follow it live and list its outputs.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Submit(submit::SubmitArgs),
+    /// Follow a job live until it ends, then list its outputs.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Watch(submit::WatchArgs),
+    /// List your jobs (admins: --all, or --owner NAME).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Jobs(jobs::JobsArgs),
+    /// Cancel jobs: a queued one at once, a running one at its next step.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Cancel(jobs::CancelArgs),
+    /// List a job's output files, or download them.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Outputs(outputs::OutputsArgs),
+    /// Manage who may log in: add, remove, passwd, admin, token, revoke-tokens, import, list.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Users(users::UsersArgs),
+    /// Check a configuration file.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Config(config_check::ConfigCommandArgs),
     /// Run a SIMULATED ComfyUI worker: a protocol-faithful stand-in for tests, demos and load tests.
     /// It never runs inference: it executes a few simple node types on real pixels and writes real
     /// files, taking a configurable time per job.
-    SimWorker(SimWorkerArgs),
+    SimWorker(sim_worker::SimWorkerArgs),
+    /// Measure a real `comfyume serve` process: memory with many users and event streams, and the
+    /// time from start to ready. Prints figures; talks to 127.0.0.1 only.
+    #[command(subcommand)]
+    Load(load::LoadCommand),
 }
 
-/// Options of `comfyume sim-worker`.
-#[derive(Debug, Args)]
-struct SimWorkerArgs {
-    /// Port to listen on (0 picks a free one); replica i gets port+i unless --load-balance.
-    #[arg(long, default_value_t = 8188)]
-    port: u16,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: IpAddr,
-    /// Simulated execution time of every job, in milliseconds.
-    #[arg(
-        long,
-        value_name = "MS",
-        default_value_t = 20,
-        conflicts_with = "exec_ms_range"
-    )]
-    exec_ms: u64,
-    /// Random simulated execution time per job, in milliseconds, e.g. 10..500.
-    #[arg(long, value_name = "LO..HI")]
-    exec_ms_range: Option<ExecTime>,
-    /// Share of jobs (0.0 to 1.0) that fail with a runtime execution_error.
-    #[arg(long, default_value_t = 0.0)]
-    failure_rate: f64,
-    /// Delay before the worker answers anything after start, like a cold GPU container.
-    #[arg(long, value_name = "MS", default_value_t = 0)]
-    cold_start_ms: u64,
-    /// Directory for input/, output/ and temp/ (default: a temporary directory removed at exit).
-    #[arg(long)]
-    output_dir: Option<PathBuf>,
-    /// Number of independent simulated ComfyUI processes sharing the output directory.
-    #[arg(long, default_value_t = 1)]
-    replicas: usize,
-    /// Serve all replicas on one port, sending every request and WebSocket to the next replica.
-    #[arg(long)]
-    load_balance: bool,
-    /// An object_info JSON file to serve and validate against (default: ComfyUI 0.33.0's catalogue).
-    #[arg(long, value_name = "FILE")]
-    object_info: Option<PathBuf>,
-    /// Seed for failures and random execution times, for reproducible runs.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Do not reuse node outputs across prompts (ComfyUI's --cache-none).
-    #[arg(long)]
-    cache_none: bool,
+/// The end of `comfyume --help`: how to start, and the exit codes.
+const MAIN_HELP: &str = concat!(
+    "Getting started:\n",
+    "  comfyume dev                                   a server + simulated workers on this laptop\n",
+    "  comfyume serve --config comfyume.toml          the workshop server (first start prints the admin password)\n",
+    "  comfyume users add NAME                        a participant; `comfyume users token NAME` for the CLI\n",
+    "  comfyume submit flow.json --wait               run a workflow (API format) and follow it live\n",
+    "\n",
+    "Client commands read COMFYUME_URL (default http://127.0.0.1:8190) and COMFYUME_TOKEN.\n",
+    "\n",
+    "Exit codes:\n",
+    "  0  success\n",
+    "  1  any other error\n",
+    "  2  usage: bad arguments, an unreadable or malformed workflow or configuration file\n",
+    "  3  connection or authentication: the server cannot be reached or refused the credentials\n",
+    "  4  the job failed or was cancelled"
+);
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Dev(args) => dev::run(args).await,
+        Command::Submit(args) => submit::submit(args).await,
+        Command::Watch(args) => submit::watch(args).await,
+        Command::Jobs(args) => jobs::list(args).await,
+        Command::Cancel(args) => jobs::cancel(args).await,
+        Command::Outputs(args) => outputs::run(args).await,
+        Command::Users(args) => users::run(args),
+        Command::Config(args) => config_check::run(args),
+        Command::SimWorker(args) => sim_worker::run(args).await,
+        Command::Load(command) => load::run(command).await,
+    }
 }
 
-impl SimWorkerArgs {
-    fn config(&self) -> SimConfig {
-        SimConfig {
-            exec_time: self
-                .exec_ms_range
-                .unwrap_or(ExecTime::Fixed(Duration::from_millis(self.exec_ms))),
-            failure_rate: self.failure_rate,
-            cold_start: Duration::from_millis(self.cold_start_ms),
-            output_dir: self.output_dir.clone(),
-            replicas: self.replicas,
-            load_balance: self.load_balance,
-            object_info: self.object_info.clone(),
-            seed: self.seed,
-            cache: !self.cache_none,
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (format, level) = match &cli.command {
+        Command::Serve(a) => (a.log_format, "info"),
+        Command::Dev(a) => (a.log_format, "info"),
+        Command::SimWorker(_) => (LogFormat::Human, "info"),
+        _ => (LogFormat::Human, "warn"),
+    };
+    logging::init(format, level);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli.command));
+    // Do not wait for stray blocking tasks (a password prompt, a slow disk) once the command is done.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            code_of(&e).into()
         }
     }
 }
 
-async fn sim_worker(args: SimWorkerArgs) -> anyhow::Result<()> {
-    let worker = SimWorker::start(args.config(), SocketAddr::new(args.host, args.port))
-        .await
-        .context("starting the simulated worker")?;
-    println!(
-        "comfyume sim-worker (SIMULATED ComfyUI, no inference); files in {}",
-        worker.output_dir().display()
-    );
-    for url in worker.replica_urls() {
-        println!("listening on {url}");
-    }
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-    worker.shutdown().await;
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
-    match Cli::parse().command {
-        Command::SimWorker(args) => sim_worker(args).await,
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_main_help_lists_the_same_exit_codes_as_every_command() {
+        assert!(MAIN_HELP.ends_with(EXIT_CODES_HELP), "{MAIN_HELP}");
     }
 }

@@ -125,6 +125,12 @@ pub async fn serve(
         tracing::info!("shutting down: no new requests; running jobs get their grace period");
         token.cancel();
     };
+    // Small writes (event frames, short JSON answers) must not wait for Nagle + delayed ACK (~40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(signal)
         .await?;

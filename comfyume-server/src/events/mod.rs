@@ -159,11 +159,23 @@ pub async fn events(
     };
     // Subscribe before the upgrade completes, so nothing published after this answer is missed.
     let events = state.engine().subscribe();
+    // Clients only send pings and tiny control messages: a small read buffer (the default is 128 KiB per
+    // socket, allocated up front) keeps a thousand open streams cheap.
+    let upgrade = upgrade
+        .read_buffer_size(CLIENT_READ_BUFFER)
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE);
     Ok(upgrade.on_upgrade(move |socket| async move {
         let _live = state.metrics().websocket_opened();
         stream.run(socket, state, events, job).await;
     }))
 }
+
+/// Read buffer per event stream.
+const CLIENT_READ_BUFFER: usize = 4 * 1024;
+
+/// Largest message a client may send on the event stream (it has nothing big to say).
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
 /// Who is connecting: headers (cookie or bearer) first, else `?token=`.
 fn authenticate(state: &AppState, headers: &HeaderMap, token: Option<&str>) -> Result<Principal, ApiError> {

@@ -1,0 +1,174 @@
+//! `comfyume serve`: the server for a workshop, from the configuration (file, environment, flags).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use comfyume_core::InferenceProvider;
+use comfyume_providers::{ComfyUiConfig, ComfyUiProvider, InstanceConfig};
+use comfyume_server::config::{ProviderSection, ServerConfig, StoreBackend};
+use comfyume_server::{Auth, ServerError};
+
+use crate::logging::LogFormat;
+use crate::settings::ConfigArgs;
+use comfyume_cli::exit::Fail;
+
+/// Options of `comfyume serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Address and port to listen on (overrides `listen`), e.g. 0.0.0.0:8190 for the whole LAN.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Log lines as `human` text or `json` (one object per line). RUST_LOG sets the level.
+    #[arg(long, value_enum, env = "COMFYUME_LOG_FORMAT", default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+/// Starts one `ComfyUiProvider` per `[[providers]]` entry (or the default local ComfyUI). An instance
+/// that does not answer yet is not an error: jobs wait until it does.
+pub async fn providers(config: &ServerConfig) -> anyhow::Result<Vec<Arc<dyn InferenceProvider>>> {
+    let mut out: Vec<Arc<dyn InferenceProvider>> = Vec::new();
+    for section in config.providers_or_default() {
+        match section {
+            ProviderSection::Comfyui { name, urls, slots } => {
+                let pool = ComfyUiConfig {
+                    name: name.clone(),
+                    instances: urls
+                        .iter()
+                        .map(|url| InstanceConfig {
+                            url: url.clone(),
+                            slots,
+                        })
+                        .collect(),
+                    ..ComfyUiConfig::default()
+                };
+                let provider = ComfyUiProvider::start(pool)
+                    .await
+                    .with_context(|| format!("starting provider '{name}'"))?;
+                out.push(Arc::new(provider));
+            }
+            other => {
+                return Err(Fail::usage(format!(
+                    "provider '{}' is of a kind this build of comfyume cannot run",
+                    other.name()
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Creates the credentials file on a first start and says so, with the admin's password, once.
+pub fn first_start(config: &ServerConfig) -> anyhow::Result<()> {
+    let path = config.credentials_path();
+    if let Some((user, password)) = Auth::init_first_admin(&path)? {
+        println!();
+        println!("  First start: created {} with one admin.", path.display());
+        println!("      user:      {user}");
+        println!("      password:  {password}");
+        println!("  This password is shown only this once. Change it with `comfyume users passwd {user}`,");
+        println!("  add participants with `comfyume users add NAME`.");
+        println!();
+    }
+    Ok(())
+}
+
+/// A failure of `build`: a configuration problem is a usage error.
+pub fn build_error(e: ServerError) -> anyhow::Error {
+    match e {
+        ServerError::Config(message) => Fail::usage(message),
+        other => anyhow::Error::new(other).context("starting the server"),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+/// The URL people use for an address the server is bound to.
+pub fn url_of(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+/// `comfyume serve`.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.config.load(args.listen)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    first_start(&config)?;
+    let providers = providers(&config).await?;
+    let summary = summary(&config);
+    let state = comfyume_server::build(config, providers)
+        .await
+        .map_err(build_error)?;
+    println!(
+        "comfyume {} serving on {}",
+        env!("CARGO_PKG_VERSION"),
+        url_of(addr)
+    );
+    if addr.ip().is_unspecified() {
+        println!(
+            "  (every interface: participants use this machine's LAN address and port {})",
+            addr.port()
+        );
+    }
+    for line in summary {
+        println!("  {line}");
+    }
+    println!("  Ctrl-C stops it; running jobs get their grace period.");
+    comfyume_server::serve(listener, state, shutdown_signal())
+        .await
+        .context("serving")?;
+    Ok(())
+}
+
+/// What an operator wants to see at start: where data lives and where jobs go.
+fn summary(config: &ServerConfig) -> Vec<String> {
+    let store = match config.store.backend {
+        StoreBackend::Sqlite => format!("SQLite {}", config.store_path().display()),
+        StoreBackend::Memory => "in memory (jobs are lost at every restart)".to_string(),
+    };
+    let providers: Vec<String> = config
+        .providers_or_default()
+        .iter()
+        .map(|p| match p {
+            ProviderSection::Comfyui { name, urls, .. } => format!("{name} ({})", urls.join(", ")),
+            other => other.name().to_string(),
+        })
+        .collect();
+    vec![
+        format!("data:      {}", config.data_dir.display()),
+        format!("store:     {store}"),
+        format!("users:     {}", config.credentials_path().display()),
+        format!("providers: {}", providers.join("; ")),
+    ]
+}

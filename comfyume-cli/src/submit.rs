@@ -1,0 +1,255 @@
+//! `comfyume submit` and `comfyume watch`: send a workflow, follow a job live, show what it made.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use comfyume_core::JobId;
+
+use crate::connect::ClientArgs;
+use crate::outputs::{download_all, print_outputs};
+use crate::progress::{Progress, human_duration};
+use crate::workflow::Workflow;
+use comfyume_cli::client::types::Estimate;
+use comfyume_cli::client::{Client, EventStream, JobView, StreamItem};
+use comfyume_cli::exit::Fail;
+
+/// Options of `comfyume submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// An API-format workflow file (ComfyUI's "Export (API)").
+    #[arg(value_name = "WORKFLOW.json")]
+    pub workflow: PathBuf,
+    /// Follow the job until it ends, with live progress, then list its outputs.
+    #[arg(long, short = 'w')]
+    pub wait: bool,
+    /// Priority tier (higher runs first under the `priority` policy; users may ask up to what the
+    /// server allows).
+    #[arg(long, short = 'p', allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+    /// Download the outputs into DIR when the job succeeds (implies --wait).
+    #[arg(long, value_name = "DIR")]
+    pub download: Option<PathBuf>,
+    /// Print the job as JSON (after it ended, with --wait).
+    #[arg(long)]
+    pub json: bool,
+    /// No progress display.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Options of `comfyume watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The job id.
+    #[arg(value_name = "JOB", value_parser = parse_job_id)]
+    pub job: JobId,
+    /// Download the outputs into DIR when the job succeeds.
+    #[arg(long, value_name = "DIR")]
+    pub download: Option<PathBuf>,
+    /// Print the job as JSON when it ended.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress display.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Parses a job id argument.
+pub fn parse_job_id(text: &str) -> Result<JobId, String> {
+    text.trim().parse().map_err(|_| {
+        format!("'{text}' is not a job id (a UUID such as 0b6c4f3e-8a63-4f36-9a7e-9c2d3f0f1a2b)")
+    })
+}
+
+/// `comfyume submit`.
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let workflow = Workflow::read(&args.workflow)?;
+    let client = args.client.connect().await?;
+    let wait = args.wait || args.download.is_some();
+    if !wait {
+        let job = client
+            .submit(&workflow.prompt, args.priority, workflow.extra_data.as_ref())
+            .await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&job.raw)?);
+        } else {
+            println!("{}", job.id);
+            let state = match job.position {
+                None if job.state == "queued" => "queued".to_string(),
+                _ => describe_state(&job),
+            };
+            eprintln!("submitted: {state}. Follow it with `comfyume watch {}`.", job.id);
+        }
+        return Ok(());
+    }
+    // Listen before submitting, so not one event of the job is missed.
+    let me = client.me().await?;
+    let mut stream = client.events(&format!("user={}", me.user)).await?;
+    let job = client
+        .submit(&workflow.prompt, args.priority, workflow.extra_data.as_ref())
+        .await?;
+    if !args.quiet {
+        eprintln!(
+            "submitted job {} (Ctrl-C only stops watching; the job keeps its place)",
+            job.id
+        );
+    }
+    let mut progress = Progress::new(args.quiet, workflow.classes());
+    let job = follow(&client, &mut stream, job, &mut progress).await?;
+    stream.close().await;
+    finish(&client, &job, args.json, args.download).await
+}
+
+/// `comfyume watch`.
+pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    let client = args.client.connect().await?;
+    let mut stream = client.events(&format!("job={}", args.job)).await?;
+    let snapshot = loop {
+        match stream.next().await? {
+            Some(StreamItem::Job(job)) => break *job,
+            Some(_) => continue,
+            None => return Err(closed(args.job)),
+        }
+    };
+    let mut progress = Progress::new(args.quiet, Default::default());
+    let job = follow(&client, &mut stream, snapshot, &mut progress).await?;
+    stream.close().await;
+    finish(&client, &job, args.json, args.download).await
+}
+
+fn closed(id: JobId) -> anyhow::Error {
+    Fail::connection(format!(
+        "the server closed the event stream (is it restarting?); the job goes on, follow it again with \
+         `comfyume watch {id}`"
+    ))
+}
+
+/// Follows `job` on `stream` until it ends, showing progress; returns the job as stored at the end.
+pub async fn follow(
+    client: &Client,
+    stream: &mut EventStream,
+    job: JobView,
+    progress: &mut Progress,
+) -> anyhow::Result<JobView> {
+    let id = job.id;
+    progress.job(&job);
+    if !job.is_terminal() {
+        loop {
+            match stream.next().await? {
+                None => {
+                    progress.finish();
+                    return Err(closed(id));
+                }
+                Some(StreamItem::Event(event)) if event.job_id == id => {
+                    progress.event(&event.kind);
+                    if event.kind.is_terminal() {
+                        break;
+                    }
+                }
+                Some(StreamItem::Position(entries)) => {
+                    if let Some(entry) = entries.iter().find(|e| e.job_id == id) {
+                        progress.position(entry);
+                    }
+                }
+                Some(StreamItem::Lagged(_)) => {
+                    // Events were dropped for this slow reader: the stored job says where it is.
+                    let now = client.job(id).await?;
+                    if now.is_terminal() {
+                        break;
+                    }
+                    progress.job(&now);
+                }
+                Some(StreamItem::Job(now)) if now.id == id => {
+                    if now.is_terminal() {
+                        break;
+                    }
+                    progress.job(&now);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    progress.finish();
+    Ok(client.job(id).await?)
+}
+
+/// Prints how a job ended (outputs on success) and turns failure or cancellation into exit code 4.
+pub async fn finish(
+    client: &Client,
+    job: &JobView,
+    json: bool,
+    download: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&job.raw)?);
+    }
+    match job.state.as_str() {
+        "succeeded" => {
+            if !json {
+                let ran = job
+                    .timings
+                    .ran_ms
+                    .map(human_duration)
+                    .unwrap_or_else(|| "-".into());
+                let n = job.outputs.len();
+                eprintln!(
+                    "job {} succeeded: ran {ran}, waited {}, {n} output{}",
+                    job.id,
+                    human_duration(job.timings.waited_ms),
+                    if n == 1 { "" } else { "s" }
+                );
+                print_outputs(client, &job.outputs);
+            }
+            if let Some(dir) = download {
+                download_all(client, &job.outputs, &dir, !json).await?;
+            }
+            Ok(())
+        }
+        "failed" => {
+            let why = job
+                .failure
+                .as_ref()
+                .map_or_else(|| "no reason given".to_string(), ToString::to_string);
+            Err(Fail::job(format!("job {} failed: {why}", job.id)))
+        }
+        "cancelled" => Err(Fail::job(format!(
+            "job {} was cancelled{}",
+            job.id,
+            job.cancel_reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        ))),
+        other => Err(anyhow::anyhow!("job {} is still {other}", job.id)),
+    }
+}
+
+/// One phrase for a job's state: "queued: position 3", "running on gpu-box", "succeeded".
+pub fn describe_state(job: &JobView) -> String {
+    match job.state.as_str() {
+        "queued" => match (job.position, &job.estimated_start) {
+            (_, Some(Estimate::Held { reason })) if job.position.is_none() => {
+                format!("queued, held: {reason}")
+            }
+            (Some(p), _) => format!("queued: position {}", p + 1),
+            (None, _) => "queued".to_string(),
+        },
+        "leased" | "running" => match &job.provider {
+            Some(p) => format!("{} on {p}", job.state),
+            None => job.state.clone(),
+        },
+        "failed" => match &job.failure {
+            Some(f) => format!("failed: {f}"),
+            None => "failed".into(),
+        },
+        "cancelled" => match &job.cancel_reason {
+            Some(r) => format!("cancelled ({r})"),
+            None => "cancelled".into(),
+        },
+        other => other.to_string(),
+    }
+}

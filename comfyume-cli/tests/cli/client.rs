@@ -1,0 +1,278 @@
+//! `submit`, `watch`, `jobs`, `cancel` and `outputs` against a real `comfyume serve`.
+
+use std::time::{Duration, Instant};
+
+use comfyume_providers::protocol::ComfyClient;
+
+use crate::support::{CONNECTION, FIXTURES, JOB_FAILED, Serve, USAGE, WAIT, comfyume, fixture};
+
+/// Issues an API token for `user` with the binary and waits (bounded) until the running server
+/// accepts it — it re-reads the credentials file within seconds.
+async fn token_for(serve: &Serve, user: &str) -> String {
+    let config = serve.config_arg();
+    let issued = comfyume(
+        &["users", "token", user, "--label", "tests", "--config", &config],
+        &[],
+        None,
+    )
+    .await
+    .expect(0);
+    let token = issued.stdout.trim().to_string();
+    assert!(token.starts_with("cmu_"), "{issued:?}");
+    assert!(issued.stderr.contains("shown only this once"), "{issued:?}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let run = comfyume(&["jobs", "--url", &serve.url, "--token", &token], &[], None).await;
+        if run.code == 0 {
+            return token;
+        }
+        assert_eq!(run.code, CONNECTION, "{run:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the server never accepted the new token: {run:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await; // poll interval
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_then_submit_wait_shows_live_progress_and_the_outputs() {
+    let serve = Serve::start(Duration::from_millis(40)).await;
+    let banner = serve.banner.join("\n");
+    assert!(
+        banner.contains("First start") && banner.contains("user:      admin"),
+        "{banner}"
+    );
+    let password = serve.admin_password();
+    assert!(password.len() >= 12, "{banner}");
+
+    // Log in with a user name and password, submit, follow.
+    let env = [
+        ("COMFYUME_URL", serve.url.as_str()),
+        ("COMFYUME_PASSWORD", password.as_str()),
+    ];
+    let workflow = fixture("12_progress_colortransfer");
+    let run = comfyume(&["submit", &workflow, "--wait", "--user", "admin"], &env, None)
+        .await
+        .expect(0);
+    for line in [
+        "queued",
+        "dispatched to sim",
+        "running",
+        "node 4 (ColorTransfer)",
+        "node 4 (ColorTransfer): 6/6",
+    ] {
+        assert!(run.stderr.contains(line), "no {line:?} in:\n{}", run.stderr);
+    }
+    assert!(run.stderr.contains("succeeded"), "{}", run.stderr);
+    let outputs: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(outputs.len(), 6, "{}", run.stdout);
+    for (i, line) in outputs.iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("gw/colortransfer_0000{}_.png", i + 1)),
+            "{line}"
+        );
+        assert!(line.contains(&format!("{}/api/v1/jobs/", serve.url)), "{line}");
+    }
+    let id = run
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("submitted job "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_string();
+
+    // An API token made with `users token` works on the running server.
+    let token = token_for(&serve, "admin").await;
+    let env = [
+        ("COMFYUME_URL", serve.url.as_str()),
+        ("COMFYUME_TOKEN", token.as_str()),
+    ];
+    let jobs = comfyume(&["jobs"], &env, None).await.expect(0);
+    let row = jobs
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{}", jobs.stdout));
+    assert!(row.contains("succeeded") && row.contains("6 outputs"), "{row}");
+
+    // Outputs download into the job's own layout.
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().display().to_string();
+    comfyume(&["outputs", &id, "--download", &target], &env, None)
+        .await
+        .expect(0);
+    for i in 1..=6 {
+        let file = dir.path().join(format!("gw/colortransfer_0000{i}_.png"));
+        let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{}", file.display());
+    }
+    // Watching a job that already ended shows how it ended at once.
+    let watched = comfyume(&["watch", &id], &env, None).await.expect(0);
+    assert_eq!(watched.stdout.lines().count(), 6, "{}", watched.stdout);
+
+    // The workflow's own mistakes: exit 4 with ComfyUI's reason.
+    let run = comfyume(&["submit", &fixture("bad_missing_input"), "--wait"], &env, None)
+        .await
+        .expect(JOB_FAILED);
+    let last = run.stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: job ")
+            && last.contains("validation")
+            && last.contains("Required input is missing: color"),
+        "{}",
+        run.stderr
+    );
+    let client = ComfyClient::new(&serve.worker.base_url(), WAIT, WAIT).unwrap();
+    let broken = std::fs::read(format!("{FIXTURES}/gw_broken.png")).unwrap();
+    client
+        .upload_image("gw_broken.png", broken.into(), true)
+        .await
+        .unwrap();
+    let run = comfyume(&["submit", &fixture("bad_runtime_error"), "--wait"], &env, None)
+        .await
+        .expect(JOB_FAILED);
+    assert!(
+        run.stderr.contains("node 1 (LoadImage)") && run.stderr.contains("cannot identify image file"),
+        "{}",
+        run.stderr
+    );
+
+    // A participant added while the server runs: their own token, their own jobs only.
+    let config = serve.config_arg();
+    comfyume(
+        &["users", "add", "alice", "--password-stdin", "--config", &config],
+        &[],
+        Some("alice-password\n"),
+    )
+    .await
+    .expect(0);
+    let alice = token_for(&serve, "alice").await;
+    let as_alice = [
+        ("COMFYUME_URL", serve.url.as_str()),
+        ("COMFYUME_TOKEN", alice.as_str()),
+    ];
+    let run = comfyume(
+        &["submit", &fixture("01_empty_save"), "--wait", "--quiet"],
+        &as_alice,
+        None,
+    )
+    .await
+    .expect(0);
+    assert!(run.stdout.starts_with("gw/empty_00001_.png"), "{run:?}");
+    let mine = comfyume(&["jobs"], &as_alice, None).await.expect(0);
+    assert_eq!(
+        mine.stdout.lines().count(),
+        2,
+        "a header and alice's one job: {}",
+        mine.stdout
+    );
+    assert!(!mine.stdout.contains(&id), "{}", mine.stdout);
+    let theirs = comfyume(&["outputs", &id], &as_alice, None).await.expect(1);
+    assert!(
+        theirs.stderr.contains(&format!("no job {id}")),
+        "another user's job is not found: {theirs:?}"
+    );
+
+    // A UI-format graph is refused before anything is sent.
+    let ui = dir.path().join("ui.json");
+    std::fs::write(
+        &ui,
+        r#"{"last_node_id": 2, "nodes": [], "links": [], "version": 0.4}"#,
+    )
+    .unwrap();
+    let run = comfyume(&["submit", &ui.display().to_string()], &env, None)
+        .await
+        .expect(USAGE);
+    assert!(
+        run.stderr.contains("UI workflow") && run.stderr.contains("Export (API)"),
+        "{}",
+        run.stderr
+    );
+    serve.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitted_job_can_be_cancelled_and_watch_reports_it() {
+    // A minute per job: the job is still queued or running when it is cancelled.
+    let serve = Serve::start(Duration::from_secs(60)).await;
+    let password = serve.admin_password();
+    let env = [
+        ("COMFYUME_URL", serve.url.as_str()),
+        ("COMFYUME_PASSWORD", password.as_str()),
+    ];
+    let submitted = comfyume(
+        &["submit", &fixture("01_empty_save"), "--user", "admin"],
+        &env,
+        None,
+    )
+    .await
+    .expect(0);
+    let id = submitted.stdout.trim().to_string();
+    assert_eq!(id.len(), 36, "{submitted:?}");
+    assert!(
+        submitted.stderr.contains(&format!("comfyume watch {id}")),
+        "{submitted:?}"
+    );
+    let cancelled = comfyume(&["cancel", &id, "--user", "admin"], &env, None)
+        .await
+        .expect(0);
+    assert!(cancelled.stdout.contains(&id), "{cancelled:?}");
+    let watched = comfyume(&["watch", &id, "--user", "admin"], &env, None)
+        .await
+        .expect(JOB_FAILED);
+    assert!(
+        watched.stderr.contains("was cancelled (cancelled by admin)"),
+        "{watched:?}"
+    );
+    serve.stop().await;
+}
+
+#[tokio::test]
+async fn no_server_or_bad_credentials_are_the_connection_exit_code() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let run = comfyume(
+        &[
+            "submit",
+            &fixture("01_empty_save"),
+            "--url",
+            &url,
+            "--token",
+            "cmu_x",
+        ],
+        &[],
+        None,
+    )
+    .await
+    .expect(CONNECTION);
+    assert!(
+        run.stderr
+            .contains(&format!("cannot reach the comfyume server at {url}")),
+        "{run:?}"
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "one clear line: {run:?}");
+
+    let run = comfyume(&["jobs", "--url", &url], &[], None)
+        .await
+        .expect(CONNECTION);
+    assert!(
+        run.stderr.contains("no credentials") && run.stderr.contains("COMFYUME_TOKEN"),
+        "{run:?}"
+    );
+
+    let run = comfyume(
+        &["jobs", "--url", "127.0.0.1:8190", "--token", "cmu_x"],
+        &[],
+        None,
+    )
+    .await
+    .expect(USAGE);
+    assert!(run.stderr.contains("not a server URL"), "{run:?}");
+    let run = comfyume(&["watch", "not-a-job"], &[], None).await.expect(USAGE);
+    assert!(run.stderr.contains("not a job id"), "{run:?}");
+}
