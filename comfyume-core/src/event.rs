@@ -18,6 +18,10 @@ pub struct JobEvent {
     pub job_id: JobId,
     /// Its owner: only they (and admins) may see this event.
     pub owner: UserId,
+    /// Its enqueue order ([`Job::seq`](crate::Job::seq)): with `job_id`, the job's
+    /// [`JobKey`](crate::JobKey) for queue positions.
+    #[serde(default)]
+    pub seq: u64,
     /// When it happened.
     pub at: Timestamp,
     /// What happened.

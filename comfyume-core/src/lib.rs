@@ -90,7 +90,7 @@ pub use error::{Error, Result};
 pub use event::{EventBus, EventKind, JobEvent};
 pub use job::{Failure, FailureKind, Job, JobId, JobSpec, JobState, Timestamp, UserId};
 pub use provider::{Capacity, Health, InferenceProvider, ProviderError, ProviderEvent, ProviderEventStream};
-pub use scheduler::{Policy, QueuedJob, Scheduler, SchedulerConfig, UserCaps, UserStats};
+pub use scheduler::{JobKey, Policy, QueuedJob, Scheduler, SchedulerConfig, UserCaps, UserStats};
 pub use sink::{Artifact, LocalDirSink, OutputKind, OutputRef, OutputSink};
 pub use store::{
     CancelOutcome, JobFilter, JobStatus, JobStore, Lease, LeaseStatus, MemoryStore, ReapOutcome,

@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::event::{EventBus, EventKind, JobEvent};
 use crate::job::{Failure, FailureKind, Job, JobId, JobSpec, JobState, Timestamp};
 use crate::provider::{Health, InferenceProvider};
-use crate::scheduler::{QueuedJob, Scheduler, SchedulerConfig};
+use crate::scheduler::{JobKey, QueuedJob, Scheduler, SchedulerConfig};
 use crate::sink::OutputSink;
 use crate::store::{CancelOutcome, JobFilter, JobStore, Lease, ReapOutcome};
 
@@ -233,7 +233,7 @@ impl Dispatcher {
         let inner = &self.inner;
         match inner.store.cancel(id, reason, inner.clock.now()).await? {
             CancelOutcome::Cancelled(job) => {
-                lock(&inner.scheduler).remove(id);
+                lock(&inner.scheduler).remove(JobKey::from(&job));
                 inner.publish(
                     &job,
                     EventKind::Cancelled {
@@ -257,7 +257,7 @@ impl Dispatcher {
     /// Changes a job's priority tier (takes effect under the `priority` policy).
     pub async fn set_priority(&self, id: JobId, priority: i32) -> Result<Job> {
         let job = self.inner.store.set_priority(id, priority).await?;
-        lock(&self.inner.scheduler).set_priority(id, priority);
+        lock(&self.inner.scheduler).set_priority(JobKey::from(&job), priority);
         self.inner.wake.notify_one();
         Ok(job)
     }
@@ -282,9 +282,10 @@ impl Dispatcher {
         &self.inner.bus
     }
 
-    /// The projected 0-based position of a queued job (None when it is not waiting).
-    pub fn position(&self, id: JobId) -> Option<usize> {
-        lock(&self.inner.scheduler).position(id)
+    /// The projected 0-based position of a queued job (None when it is not waiting, or its owner is
+    /// paused). Pass the job (or its [`JobKey`]).
+    pub fn position(&self, job: impl Into<JobKey>) -> Option<usize> {
+        lock(&self.inner.scheduler).position(job.into())
     }
 
     /// The projected dispatch order of the first `limit` queued jobs.
@@ -358,6 +359,7 @@ impl Inner {
         self.bus.publish(JobEvent {
             job_id: job.id,
             owner: job.spec.owner.clone(),
+            seq: job.seq,
             at: self.clock.now(),
             kind,
         });
@@ -551,7 +553,7 @@ impl Inner {
             if now.since(job.created_at) <= limit {
                 continue;
             }
-            lock(&self.scheduler).remove(job.id);
+            lock(&self.scheduler).remove(JobKey::from(&job));
             let failure = Failure::new(
                 FailureKind::QueueTimeout,
                 format!(

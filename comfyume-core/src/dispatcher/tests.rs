@@ -511,7 +511,7 @@ async fn cancels_a_queued_job_without_running_it() {
         [first.id],
         "the cancelled job never reached the provider"
     );
-    assert_eq!(h.dispatcher.position(second.id), None);
+    assert_eq!(h.dispatcher.position(&second), None);
 }
 
 #[tokio::test(start_paused = true)]

@@ -24,7 +24,8 @@
 //! # Cost
 //!
 //! Every decision is `O(log n)`: one ordered index holds each eligible user once, keyed by their next job,
-//! and each user's jobs are an ordered map. Nothing is rescanned per decision.
+//! and each user's jobs are kept in run order. Nothing is rescanned per decision. Waiting jobs are found
+//! by [`JobKey`] (id and enqueue number), which keeps the memory a decision touches small and hot.
 //!
 //! ```
 //! use comfyume_core::{JobId, Policy, QueuedJob, Scheduler, SchedulerConfig, UserId};
@@ -47,15 +48,17 @@
 //! ```
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::hash_map::Entry;
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use self::queue::UserQueue;
 use crate::error::{Error, Result};
 use crate::job::{JobId, UserId};
 
 mod project;
+mod queue;
 #[cfg(test)]
 mod tests;
 
@@ -120,6 +123,39 @@ pub struct QueuedJob {
     pub seq: u64,
 }
 
+/// How the scheduler finds a waiting job: its id and its enqueue number ([`Job::seq`](crate::Job::seq)),
+/// which the store assigns uniquely and in increasing order.
+///
+/// Waiting jobs are indexed by `seq` because new jobs and the next ones to run then sit in the same few
+/// nodes of one ordered map; indexed by random ids they would be scattered over all of memory, and at a
+/// million waiting jobs each decision would wait on cache misses. The id is checked too, so a key never
+/// reaches another job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct JobKey {
+    /// The job.
+    pub id: JobId,
+    /// Its enqueue order.
+    pub seq: u64,
+}
+
+impl From<&crate::Job> for JobKey {
+    fn from(job: &crate::Job) -> Self {
+        Self {
+            id: job.id,
+            seq: job.seq,
+        }
+    }
+}
+
+impl From<&QueuedJob> for JobKey {
+    fn from(job: &QueuedJob) -> Self {
+        Self {
+            id: job.id,
+            seq: job.seq,
+        }
+    }
+}
+
 /// What the scheduler knows about one user.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct UserStats {
@@ -170,15 +206,14 @@ type QueueKey = (i64, u64);
 /// user)`. The first entry is served next.
 type ReadyKey = (i64, Vt, u64, UserIx);
 
-/// Where a waiting job is.
+/// A waiting job (its `seq` is its key in `Scheduler::jobs`).
 #[derive(Clone, Copy, Debug)]
 struct Loc {
+    id: JobId,
     user: UserIx,
     priority: i32,
     cost: f64,
-    seq: u64,
-    /// `n > 0` while moved to the front (the n-th move; later moves go first); 0 otherwise. A plain
-    /// number keeps the record at 32 bytes: at a million waiting jobs, memory traffic is the cost.
+    /// `n > 0` while moved to the front (the n-th move; later moves go first); 0 otherwise.
     front: u64,
 }
 
@@ -192,7 +227,7 @@ impl Loc {
 struct UserState {
     id: UserId,
     /// Waiting jobs, except those moved to the front.
-    queue: BTreeMap<QueueKey, JobId>,
+    queue: UserQueue,
     /// Waiting jobs of this user that were moved to the front.
     front: usize,
     running: usize,
@@ -225,11 +260,12 @@ pub struct Scheduler {
     config: SchedulerConfig,
     users: Vec<UserState>,
     user_ix: Map<UserId, UserIx>,
-    jobs: Map<JobId, Loc>,
+    /// Waiting jobs by `seq`.
+    jobs: BTreeMap<u64, Loc>,
     /// Users with a waiting job who may be served now, best first.
     ready: BTreeSet<ReadyKey>,
     /// Jobs moved to the front, latest move first.
-    front: BTreeMap<Reverse<u64>, JobId>,
+    front: BTreeMap<Reverse<u64>, JobKey>,
     front_moves: u64,
     running: Map<JobId, Charged>,
     /// The virtual time of the last job handed out.
@@ -244,7 +280,7 @@ impl Scheduler {
             config,
             users: Vec::new(),
             user_ix: Map::default(),
-            jobs: Map::default(),
+            jobs: BTreeMap::new(),
             ready: BTreeSet::new(),
             front: BTreeMap::new(),
             front_moves: 0,
@@ -267,9 +303,13 @@ impl Scheduler {
         self.config.policy = policy;
         for ix in 0..self.users.len() {
             let user = &mut self.users[ix];
-            let old = std::mem::take(&mut user.queue);
+            let old: Vec<_> = user.queue.drain().collect();
             for ((_, seq), id) in old {
-                let priority = self.jobs.get(&id).map_or(0, |l| l.priority);
+                let priority = self
+                    .jobs
+                    .get(&seq)
+                    .filter(|l| l.id == id)
+                    .map_or(0, |l| l.priority);
                 user.queue.insert((tier(policy, priority), seq), id);
             }
             self.refresh(ix as UserIx);
@@ -294,11 +334,18 @@ impl Scheduler {
         }
     }
 
-    /// Queues a job, refusing it if its owner is at their `max_queued` cap. Pushing a job that is already
-    /// waiting changes nothing.
+    /// Queues a job, refusing it if its owner is at their `max_queued` cap, or if another waiting job has
+    /// its `seq` (which must be unique). Pushing a job that is already waiting changes nothing.
     pub fn push(&mut self, job: QueuedJob) -> Result<()> {
-        if self.jobs.contains_key(&job.id) {
-            return Ok(());
+        match self.jobs.get(&job.seq) {
+            Some(l) if l.id == job.id => return Ok(()),
+            Some(l) => {
+                return Err(Error::InvalidInput(format!(
+                    "seq {} is already used by waiting job {}",
+                    job.seq, l.id
+                )));
+            }
+            None => {}
         }
         self.check_can_queue(&job.owner)?;
         self.restore(job);
@@ -307,20 +354,21 @@ impl Scheduler {
 
     /// Queues a job without checking caps: for jobs the store already accepted (recovered at start-up,
     /// retried, handed back). Idempotent; a job the scheduler counts as running is taken back first.
-    pub fn restore(&mut self, job: QueuedJob) {
+    /// Returns false, changing nothing, if another waiting job has the same `seq`.
+    pub fn restore(&mut self, job: QueuedJob) -> bool {
         if self.running.contains_key(&job.id) {
             self.complete(job.id, Some(0.0));
         }
         let ix = self.user_mut(&job.owner);
         let loc = Loc {
+            id: job.id,
             user: ix,
             priority: job.priority,
             cost: sane_cost(job.cost),
-            seq: job.seq,
             front: 0,
         };
-        match self.jobs.entry(job.id) {
-            Entry::Occupied(_) => return,
+        match self.jobs.entry(job.seq) {
+            Entry::Occupied(taken) => return taken.get().id == job.id,
             Entry::Vacant(slot) => slot.insert(loc),
         };
         let policy = self.config.policy;
@@ -332,6 +380,7 @@ impl Scheduler {
         }
         user.queue.insert((tier(policy, job.priority), job.seq), job.id);
         self.refresh(ix);
+        true
     }
 
     /// Hands out the next job, or `None` when nothing may run (empty, paused, every waiting user paused or
@@ -343,22 +392,23 @@ impl Scheduler {
         let front = self
             .front
             .iter()
-            .find(|(_, id)| self.jobs.get(id).is_some_and(|l| self.eligible(l.user)))
-            .map(|(k, id)| (*k, *id));
-        let id = match front {
-            Some((key, id)) => {
-                self.front.remove(&key);
-                id
+            .find(|(_, key)| self.loc(**key).is_some_and(|l| self.eligible(l.user)))
+            .map(|(k, key)| (*k, key.seq));
+        let seq = match front {
+            Some((moved, seq)) => {
+                self.front.remove(&moved);
+                seq
             }
             None => {
                 let (_, _, _, ix) = self.ready.pop_first()?;
                 let user = &mut self.users[ix as usize];
                 user.ready = None;
-                let (_, id) = user.queue.pop_first()?;
-                id
+                let ((_, seq), _) = user.queue.pop_first()?;
+                seq
             }
         };
-        let loc = self.jobs.remove(&id)?;
+        let loc = self.jobs.remove(&seq)?;
+        let id = loc.id;
         let user = &mut self.users[loc.user as usize];
         if loc.moved_to_front().is_some() {
             user.front -= 1;
@@ -380,7 +430,7 @@ impl Scheduler {
             owner: self.users[loc.user as usize].id.clone(),
             priority: loc.priority,
             cost: loc.cost,
-            seq: loc.seq,
+            seq,
         })
     }
 
@@ -402,8 +452,9 @@ impl Scheduler {
     }
 
     /// Takes a waiting job out (cancelled, timed out). Returns it, or `None` if it was not waiting.
-    pub fn remove(&mut self, id: JobId) -> Option<QueuedJob> {
-        let loc = self.jobs.remove(&id)?;
+    pub fn remove(&mut self, key: JobKey) -> Option<QueuedJob> {
+        self.loc(key)?;
+        let loc = self.jobs.remove(&key.seq)?;
         let user = &mut self.users[loc.user as usize];
         match loc.moved_to_front() {
             Some(n) => {
@@ -412,63 +463,68 @@ impl Scheduler {
             }
             None => {
                 user.queue
-                    .remove(&(tier(self.config.policy, loc.priority), loc.seq));
+                    .remove((tier(self.config.policy, loc.priority), key.seq), key.id);
             }
         }
         let owner = user.id.clone();
         self.refresh(loc.user);
         Some(QueuedJob {
-            id,
+            id: key.id,
             owner,
             priority: loc.priority,
             cost: loc.cost,
-            seq: loc.seq,
+            seq: key.seq,
         })
     }
 
     /// True while the job is waiting here.
-    pub fn contains(&self, id: JobId) -> bool {
-        self.jobs.contains_key(&id)
+    pub fn contains(&self, key: JobKey) -> bool {
+        self.loc(key).is_some()
     }
 
     /// Moves a waiting job ahead of every other (the latest move goes first). Its owner is still charged
     /// for it, and a paused or capped owner still holds it back. False if it is not waiting.
-    pub fn move_to_front(&mut self, id: JobId) -> bool {
+    pub fn move_to_front(&mut self, key: JobKey) -> bool {
         let policy = self.config.policy;
-        let Some(loc) = self.jobs.get_mut(&id) else {
+        let Some(loc) = self.jobs.get_mut(&key.seq).filter(|l| l.id == key.id) else {
             return false;
         };
         if let Some(n) = loc.moved_to_front() {
             self.front.remove(&Reverse(n));
         } else {
             let user = &mut self.users[loc.user as usize];
-            user.queue.remove(&(tier(policy, loc.priority), loc.seq));
+            user.queue.remove((tier(policy, loc.priority), key.seq), key.id);
             user.front += 1;
         }
         self.front_moves += 1;
         loc.front = self.front_moves;
-        self.front.insert(Reverse(self.front_moves), id);
+        self.front.insert(Reverse(self.front_moves), key);
         let ix = loc.user;
         self.refresh(ix);
         true
     }
 
     /// Changes a waiting job's priority tier. False if it is not waiting.
-    pub fn set_priority(&mut self, id: JobId, priority: i32) -> bool {
+    pub fn set_priority(&mut self, key: JobKey, priority: i32) -> bool {
         let policy = self.config.policy;
-        let Some(loc) = self.jobs.get_mut(&id) else {
+        let Some(loc) = self.jobs.get_mut(&key.seq).filter(|l| l.id == key.id) else {
             return false;
         };
-        let old = (tier(policy, loc.priority), loc.seq);
+        let old = (tier(policy, loc.priority), key.seq);
         loc.priority = priority;
         if loc.moved_to_front().is_none() {
             let user = &mut self.users[loc.user as usize];
-            user.queue.remove(&old);
-            user.queue.insert((tier(policy, priority), loc.seq), id);
+            user.queue.remove(old, key.id);
+            user.queue.insert((tier(policy, priority), key.seq), key.id);
             let ix = loc.user;
             self.refresh(ix);
         }
         true
+    }
+
+    /// The waiting job `key` names, if it is waiting.
+    fn loc(&self, key: JobKey) -> Option<&Loc> {
+        self.jobs.get(&key.seq).filter(|l| l.id == key.id)
     }
 
     /// Sets a user's fair-share weight (default 1; 2 gets twice the share). Must be positive and finite.
@@ -565,7 +621,7 @@ impl Scheduler {
         let ix = UserIx::try_from(self.users.len()).unwrap_or(UserIx::MAX);
         self.users.push(UserState {
             id: id.clone(),
-            queue: BTreeMap::new(),
+            queue: UserQueue::default(),
             front: 0,
             running: 0,
             vt: self.global_vt,
@@ -599,8 +655,8 @@ impl Scheduler {
     fn refresh(&mut self, ix: UserIx) {
         let eligible = self.eligible(ix);
         let user = &self.users[ix as usize];
-        let want = match (eligible, user.queue.first_key_value()) {
-            (true, Some((&(t, seq), _))) => Some(self.key(t, user.vt, seq, ix)),
+        let want = match (eligible, user.queue.first()) {
+            (true, Some(((t, seq), _))) => Some(self.key(t, user.vt, seq, ix)),
             _ => None,
         };
         let user = &mut self.users[ix as usize];

@@ -1,9 +1,8 @@
 //! The projected order of waiting jobs: what the queue overview and position updates show.
 
 use std::collections::BTreeSet;
-use std::ops::Bound;
 
-use super::{Map, Scheduler, UserIx, Vt};
+use super::{JobKey, Map, Scheduler, UserIx, Vt};
 use crate::job::JobId;
 
 impl Scheduler {
@@ -20,15 +19,15 @@ impl Scheduler {
 
     /// The projected 0-based position of a waiting job (see [`Scheduler::order`]); `None` if it is not
     /// waiting or its owner is paused.
-    pub fn position(&self, id: JobId) -> Option<usize> {
-        let loc = self.jobs.get(&id)?;
+    pub fn position(&self, key: JobKey) -> Option<usize> {
+        let loc = self.loc(key)?;
         if self.users[loc.user as usize].paused {
             return None;
         }
         let mut found = None;
         let mut n = 0;
         self.project(|next| {
-            if next == id {
+            if next == key.id {
                 found = Some(n);
                 return false;
             }
@@ -42,39 +41,35 @@ impl Scheduler {
     /// for the first `k` jobs.
     fn project(&self, mut visit: impl FnMut(JobId) -> bool) {
         let mut vt: Map<UserIx, f64> = Map::default();
-        for id in self.front.values() {
-            let Some(loc) = self.jobs.get(id) else { continue };
+        for key in self.front.values() {
+            let Some(loc) = self.loc(*key) else { continue };
             let user = &self.users[loc.user as usize];
             if user.paused {
                 continue;
             }
             *vt.entry(loc.user).or_insert(user.vt) += loc.cost / user.weight;
-            if !visit(*id) {
+            if !visit(key.id) {
                 return;
             }
         }
         let mut heap: BTreeSet<(i64, Vt, u64, UserIx)> = BTreeSet::new();
         for (ix, user) in self.users.iter().enumerate() {
-            if let (false, Some((&(t, seq), _))) = (user.paused, user.queue.first_key_value()) {
+            if let (false, Some(((t, seq), _))) = (user.paused, user.queue.first()) {
                 let v = vt.get(&(ix as UserIx)).copied().unwrap_or(user.vt);
                 heap.insert(self.key(t, v, seq, ix as UserIx));
             }
         }
         while let Some((t, Vt(v), seq, ix)) = heap.pop_first() {
             let user = &self.users[ix as usize];
-            let Some(&id) = user.queue.get(&(t, seq)) else {
+            let Some(id) = user.queue.get((t, seq)) else {
                 continue;
             };
             if !visit(id) {
                 return;
             }
-            let cost = self.jobs.get(&id).map_or(1.0, |l| l.cost);
+            let cost = self.jobs.get(&seq).map_or(1.0, |l| l.cost);
             let v = v + cost / user.weight;
-            let next = user
-                .queue
-                .range((Bound::Excluded((t, seq)), Bound::Unbounded))
-                .next();
-            if let Some((&(t, seq), _)) = next {
+            if let Some(((t, seq), _)) = user.queue.next_after((t, seq)) {
                 heap.insert(self.key(t, v, seq, ix));
             }
         }

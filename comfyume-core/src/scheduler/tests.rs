@@ -5,6 +5,8 @@ use super::*;
 struct Fixture {
     s: Scheduler,
     seq: u64,
+    /// The seq each added job got, to build its [`JobKey`].
+    seqs: HashMap<JobId, u64>,
 }
 
 fn sched(policy: Policy) -> Fixture {
@@ -14,6 +16,7 @@ fn sched(policy: Policy) -> Fixture {
             ..Default::default()
         }),
         seq: 0,
+        seqs: HashMap::new(),
     }
 }
 
@@ -34,7 +37,16 @@ impl Fixture {
                 seq: self.seq,
             })
             .unwrap();
+        self.seqs.insert(id, self.seq);
         id
+    }
+
+    /// The key of an added job (an unknown id gets a seq no job has).
+    fn key(&self, id: JobId) -> JobKey {
+        JobKey {
+            id,
+            seq: self.seqs.get(&id).copied().unwrap_or(u64::MAX),
+        }
     }
 
     fn add_n(&mut self, owner: &str, n: usize) -> Vec<JobId> {
@@ -180,9 +192,9 @@ fn priority_tiers_are_strict_and_fair_inside() {
 fn set_priority_reorders_under_the_priority_policy() {
     let mut f = sched(Policy::Priority);
     let a = f.add_n("alice", 3);
-    assert!(f.s.set_priority(a[2], 5));
+    assert!(f.s.set_priority(f.key(a[2]), 5));
     assert_eq!(f.s.pop().unwrap().id, a[2]);
-    assert!(!f.s.set_priority(JobId::new(), 1));
+    assert!(!f.s.set_priority(f.key(JobId::new()), 1));
 }
 
 #[test]
@@ -192,15 +204,15 @@ fn move_to_front_beats_every_policy_and_latest_move_wins() {
         f.add_n("alice", 3);
         let b = f.add_n("bob", 3);
         let hi = f.add("carol", 100, 1.0);
-        assert!(f.s.move_to_front(b[2]));
-        assert!(f.s.move_to_front(b[1]));
+        assert!(f.s.move_to_front(f.key(b[2])));
+        assert!(f.s.move_to_front(f.key(b[1])));
         assert_eq!(f.s.order(2), [b[1], b[2]], "{policy:?}");
         assert_eq!(f.s.pop().unwrap().id, b[1], "{policy:?}");
         assert_eq!(f.s.pop().unwrap().id, b[2], "{policy:?}");
         if policy == Policy::Priority {
             assert_eq!(f.s.pop().unwrap().id, hi);
         }
-        assert!(!f.s.move_to_front(JobId::new()));
+        assert!(!f.s.move_to_front(f.key(JobId::new())));
     }
 }
 
@@ -263,6 +275,7 @@ fn queued_cap_refuses_a_push_and_changes_nothing() {
             },
         }),
         seq: 0,
+        seqs: HashMap::new(),
     };
     f.add_n("alice", 2);
     let err =
@@ -292,11 +305,11 @@ fn queued_cap_refuses_a_push_and_changes_nothing() {
 fn remove_contains_and_idempotent_restore() {
     let mut f = sched(Policy::RoundRobin);
     let a = f.add_n("alice", 2);
-    assert!(f.s.contains(a[0]));
-    let removed = f.s.remove(a[0]).unwrap();
+    assert!(f.s.contains(f.key(a[0])));
+    let removed = f.s.remove(f.key(a[0])).unwrap();
     assert_eq!(removed.id, a[0]);
-    assert!(!f.s.contains(a[0]));
-    assert!(f.s.remove(a[0]).is_none());
+    assert!(!f.s.contains(f.key(a[0])));
+    assert!(f.s.remove(f.key(a[0])).is_none());
     f.s.restore(removed.clone());
     f.s.restore(removed);
     assert_eq!(f.s.queued_len(), 2);
@@ -315,11 +328,12 @@ fn projected_order_matches_the_real_order() {
             let owner = ["a", "b", "c", "d"][(i * 7 % 4) as usize];
             f.add(owner, (i % 3) as i32, f64::from(1 + i % 5));
         }
-        f.s.move_to_front(f.s.order(30)[29]);
+        let last = f.s.order(30)[29];
+        f.s.move_to_front(f.key(last));
         let projected = f.s.order(usize::MAX);
         assert_eq!(projected.len(), 60);
         for (n, id) in projected.iter().enumerate().step_by(7) {
-            assert_eq!(f.s.position(*id), Some(n), "{policy:?}");
+            assert_eq!(f.s.position(f.key(*id)), Some(n), "{policy:?}");
         }
         let real: Vec<JobId> = (0..60).map(|_| f.s.pop().unwrap().id).collect();
         assert_eq!(projected, real, "{policy:?}");
@@ -353,4 +367,34 @@ fn stats_report_what_each_user_has() {
     assert_eq!(names, ["alice", "bob"]);
     assert_eq!("round_robin".parse::<Policy>().unwrap(), Policy::RoundRobin);
     assert!("lottery".parse::<Policy>().is_err());
+}
+
+#[test]
+fn keys_must_match_the_waiting_job_and_seqs_are_unique() {
+    let mut f = sched(Policy::Fifo);
+    let a = f.add("alice", 0, 1.0);
+    let key = f.key(a);
+    // A key with the right seq but another id reaches nothing.
+    let wrong = JobKey {
+        id: JobId::new(),
+        seq: key.seq,
+    };
+    assert!(!f.s.contains(wrong));
+    assert!(f.s.remove(wrong).is_none());
+    assert!(!f.s.move_to_front(wrong));
+    assert!(!f.s.set_priority(wrong, 3));
+    assert_eq!(f.s.position(wrong), None);
+    assert_eq!(f.s.position(key), Some(0));
+    // Another job with a seq already waiting is refused and changes nothing.
+    let clash = QueuedJob {
+        id: JobId::new(),
+        owner: u("bob"),
+        priority: 0,
+        cost: 1.0,
+        seq: key.seq,
+    };
+    assert!(matches!(f.s.push(clash.clone()), Err(Error::InvalidInput(_))));
+    assert!(!f.s.restore(clash));
+    assert_eq!(f.s.queued_len(), 1);
+    assert_eq!(f.s.pop().map(|j| j.id), Some(a));
 }

@@ -7,7 +7,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use comfyume_core::{Policy, UserCaps};
+use comfyume_core::{JobKey, Policy, UserCaps};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
@@ -91,7 +91,10 @@ pub async fn move_to_front(
 ) -> Result<Json<JobView>, ApiError> {
     let id = parse_job_id(&id)?;
     let job = super::visible_job(&state, &who, id).await?;
-    if !state.engine().with_scheduler(|s| s.move_to_front(id)) {
+    if !state
+        .engine()
+        .with_scheduler(|s| s.move_to_front(JobKey::from(&job)))
+    {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",

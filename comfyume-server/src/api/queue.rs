@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use comfyume_core::{JobFilter, JobId, JobStatus, Timestamp};
+use comfyume_core::{JobFilter, JobId, JobKey, JobStatus, Timestamp};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -127,7 +127,7 @@ pub async fn overview(
         .await?
         .into_iter()
         .map(|job| {
-            let position = positions.of(&state, job.id);
+            let position = positions.of(&state, JobKey::from(&job));
             QueuedJobView {
                 job_id: job.id,
                 position,

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use comfyume_core::{
-    Failure, Health, Job, JobId, JobState, OutputRef, ProviderStatus, Timestamp, UserId, UserStats,
+    Failure, Health, Job, JobId, JobKey, JobState, OutputRef, ProviderStatus, Timestamp, UserId, UserStats,
 };
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -309,11 +309,11 @@ impl Positions {
     }
 
     /// The position of a waiting job (None: not waiting, or its owner is paused).
-    pub fn of(&self, state: &AppState, id: JobId) -> Option<usize> {
-        match self.by_id.get(&id) {
+    pub fn of(&self, state: &AppState, key: JobKey) -> Option<usize> {
+        match self.by_id.get(&key.id) {
             Some(&p) => Some(p),
             None if self.complete => None,
-            None => state.engine().position(id),
+            None => state.engine().position(key),
         }
     }
 }
@@ -328,8 +328,8 @@ impl JobView {
         };
         let (position, estimated_start) = if job.state == JobState::Queued {
             let position = match positions {
-                Some(p) => p.of(state, job.id),
-                None => state.engine().position(job.id),
+                Some(p) => p.of(state, JobKey::from(job)),
+                None => state.engine().position(job),
             };
             let estimate = basis.estimate(position, &job.spec.owner, job.not_before);
             (position, Some(estimate))

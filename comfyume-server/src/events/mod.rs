@@ -43,7 +43,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
-use comfyume_core::{EventKind, JobEvent, JobFilter, JobId, JobState, JobStatus, Timestamp, UserId};
+use comfyume_core::{EventKind, JobEvent, JobFilter, JobId, JobKey, JobState, JobStatus, Timestamp, UserId};
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -242,7 +242,7 @@ impl Stream {
                 .flatten()
                 .unwrap_or_else(|| job.clone());
             if job.state == JobState::Queued {
-                tracked.insert(job.id, (job.spec.owner.clone(), job.not_before));
+                tracked.insert(job.id, (job.seq, job.spec.owner.clone(), job.not_before));
             }
             let snapshot = StreamMessage::Job {
                 job: Box::new(JobView::single(&state, &job)),
@@ -258,7 +258,11 @@ impl Stream {
                 offset: 0,
             };
             let waiting = state.engine().list(&filter).await.unwrap_or_default();
-            tracked.extend(waiting.into_iter().map(|j| (j.id, (j.spec.owner, j.not_before))));
+            tracked.extend(
+                waiting
+                    .into_iter()
+                    .map(|j| (j.id, (j.seq, j.spec.owner, j.not_before))),
+            );
         }
         let mut last_positions = None;
         if self.follows_positions() {
@@ -350,8 +354,10 @@ impl Stream {
         tracked: &Tracked,
         last: &mut Option<Vec<(JobId, Option<usize>)>>,
     ) -> bool {
-        let mut now: Vec<(JobId, Option<usize>)> =
-            tracked.keys().map(|&id| (id, positions.of(state, id))).collect();
+        let mut now: Vec<(JobId, Option<usize>)> = tracked
+            .iter()
+            .map(|(&id, &(seq, ..))| (id, positions.of(state, JobKey { id, seq })))
+            .collect();
         now.sort_by_key(|&(id, p)| (p.is_none(), p, id));
         if last.as_ref() == Some(&now) {
             return true;
@@ -360,7 +366,7 @@ impl Stream {
         let jobs = now
             .iter()
             .filter_map(|&(job_id, position)| {
-                let (owner, not_before) = tracked.get(&job_id)?;
+                let (_, owner, not_before) = tracked.get(&job_id)?;
                 Some(PositionEntry {
                     job_id,
                     position,
@@ -373,19 +379,19 @@ impl Stream {
     }
 }
 
-/// The waiting jobs a stream follows: owner, and the retry time of a job waiting to retry.
-type Tracked = HashMap<JobId, (UserId, Option<Timestamp>)>;
+/// The waiting jobs a stream follows: enqueue order, owner, and the retry time of a job waiting to retry.
+type Tracked = HashMap<JobId, (u64, UserId, Option<Timestamp>)>;
 
 /// Keeps the waiting jobs a stream follows in line with an event.
 fn track(tracked: &mut Tracked, event: &JobEvent) {
     let room = tracked.len() < MAX_TRACKED || tracked.contains_key(&event.job_id);
     match &event.kind {
         EventKind::Queued { .. } if room => {
-            tracked.insert(event.job_id, (event.owner.clone(), None));
+            tracked.insert(event.job_id, (event.seq, event.owner.clone(), None));
         }
         EventKind::Retrying { delay_ms, .. } if room => {
             let retry_at = event.at.plus(Duration::from_millis(*delay_ms));
-            tracked.insert(event.job_id, (event.owner.clone(), Some(retry_at)));
+            tracked.insert(event.job_id, (event.seq, event.owner.clone(), Some(retry_at)));
         }
         EventKind::Dispatched { .. }
         | EventKind::Succeeded { .. }

@@ -274,6 +274,7 @@ async fn a_slow_client_is_told_how_many_events_it_missed_and_the_engine_does_not
         s.state.engine().events().publish(JobEvent {
             job_id: JobId::new(),
             owner: alice.clone(),
+            seq: i,
             at: Timestamp(i),
             kind: EventKind::Other {
                 kind: "synthetic".into(),
