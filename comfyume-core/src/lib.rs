@@ -35,15 +35,11 @@
 //!     fn name(&self) -> &str { "echo" }
 //!     fn capacity(&self) -> Capacity { Capacity { slots: 1 } }
 //!     async fn submit(&self, job: &Job) -> Result<ProviderEventStream, ProviderError> {
-//!         let file = Artifact {
-//!             node_id: None, media: "text".into(), filename: "echo.txt".into(), subfolder: String::new(),
-//!             kind: OutputKind::Output, data: job.spec.workflow.to_string().into(),
-//!         };
+//!         let file = Artifact::output("text", "echo.txt", job.spec.workflow.to_string());
 //!         let events = [ProviderEvent::Started, ProviderEvent::Artifact(file), ProviderEvent::Completed];
 //!         Ok(Box::pin(futures::stream::iter(events)))
 //!     }
-//!     async fn cancel(&self, _job: JobId) -> Result<(), ProviderError> { Ok(()) }
-//!     async fn health(&self) -> Health { Health::Healthy }
+//!     // `cancel` and `health` keep their defaults: the work lives in the stream, and it is always up.
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]

@@ -158,10 +158,20 @@ pub trait InferenceProvider: Send + Sync {
     async fn submit(&self, job: &Job) -> Result<ProviderEventStream, ProviderError>;
 
     /// Stops a job, queued or running on the provider. Idempotent; unknown jobs are not an error.
-    async fn cancel(&self, job: JobId) -> Result<(), ProviderError>;
+    ///
+    /// The dispatcher drops the job's event stream right after this call, so a provider whose work lives
+    /// inside that stream (an in-process provider) may keep the default, which does nothing more. A provider
+    /// with work elsewhere (a remote ComfyUI) must override it and stop that work.
+    async fn cancel(&self, job: JobId) -> Result<(), ProviderError> {
+        let _ = job;
+        Ok(())
+    }
 
-    /// Checks whether the provider can take jobs.
-    async fn health(&self) -> Health;
+    /// Checks whether the provider can take jobs. The default, for providers that are always up (in the
+    /// same process), is [`Health::Healthy`]; a provider that talks to anything remote must override it.
+    async fn health(&self) -> Health {
+        Health::Healthy
+    }
 
     /// How long to wait between health checks of this provider.
     fn health_interval(&self) -> Duration {

@@ -52,6 +52,21 @@ pub struct Artifact {
     pub data: Bytes,
 }
 
+impl Artifact {
+    /// A final output file at the top of the job's directory, from no particular node: the common case
+    /// for providers that are not ComfyUI.
+    pub fn output(media: impl Into<String>, filename: impl Into<String>, data: impl Into<Bytes>) -> Self {
+        Artifact {
+            node_id: None,
+            media: media.into(),
+            filename: filename.into(),
+            subfolder: String::new(),
+            kind: OutputKind::Output,
+            data: data.into(),
+        }
+    }
+}
+
 /// A stored output file: enough to list it, find it again and serve it to its owner.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct OutputRef {

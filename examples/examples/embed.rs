@@ -1,10 +1,10 @@
 //! Embeds comfyume's engine: an in-memory job store, the fair scheduler and a trivial provider.
 //! Run it with `cargo run --example embed`.
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use comfyume_core::provider::{Capacity, Health, ProviderError, ProviderEventStream};
-use comfyume_core::{Artifact, OutputKind, ProviderEvent, SchedulerConfig, *};
+use comfyume_core::provider::{Capacity, ProviderError, ProviderEventStream};
+use comfyume_core::{Artifact, ProviderEvent, SchedulerConfig, *};
 
 /// Answers every job at once with a text file: stands in for a GPU box.
 struct Echo;
@@ -18,15 +18,8 @@ impl InferenceProvider for Echo {
         Capacity { slots: 2 }
     }
     async fn submit(&self, job: &Job) -> Result<ProviderEventStream, ProviderError> {
-        let text = format!("{} nodes", job.spec.workflow.as_object().map_or(0, |w| w.len()));
-        let file = Artifact {
-            node_id: None,
-            media: "text".into(),
-            filename: "echo.txt".into(),
-            subfolder: String::new(),
-            kind: OutputKind::Output,
-            data: text.into(),
-        };
+        let nodes = job.spec.workflow.as_object().map_or(0, |w| w.len());
+        let file = Artifact::output("text", "echo.txt", format!("{nodes} nodes"));
         let events = [
             ProviderEvent::Started,
             ProviderEvent::Artifact(file),
@@ -34,20 +27,15 @@ impl InferenceProvider for Echo {
         ];
         Ok(Box::pin(futures::stream::iter(events)))
     }
-    async fn cancel(&self, _job: JobId) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    async fn health(&self) -> Health {
-        Health::Healthy
-    }
 }
 
 #[tokio::main]
 async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let out = std::env::temp_dir().join("comfyume-embed-example");
+    let (store, sink) = (Arc::new(MemoryStore::new()), Arc::new(LocalDirSink::new(&out)));
     let engine = Dispatcher::new(
-        Arc::new(MemoryStore::new()),
-        Arc::new(LocalDirSink::new(&out)),
+        store,
+        sink,
         vec![Arc::new(Echo)],
         SchedulerConfig::default(),
         DispatcherConfig::default(),
@@ -59,11 +47,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         .submit(JobSpec::new(UserId::new("alice")?, workflow))
         .await?;
     while let Ok(event) = events.recv().await {
-        println!(
-            "{} {}",
-            event.job_id,
-            serde_json::to_string(&event.kind).unwrap_or_default()
-        );
+        println!("{} {}", event.job_id, serde_json::to_string(&event.kind)?);
         if event.job_id == job.id && event.kind.is_terminal() {
             break;
         }
@@ -74,6 +58,6 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         path.display(),
         std::fs::read_to_string(&path)?
     );
-    engine.shutdown(std::time::Duration::from_secs(5)).await;
+    engine.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
