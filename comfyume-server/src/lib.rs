@@ -24,6 +24,7 @@ pub mod extract;
 pub mod lock;
 pub mod openapi;
 pub mod ops;
+pub mod overrides;
 pub mod state;
 
 use std::future::Future;
@@ -83,8 +84,17 @@ pub async fn build(
         config.scheduler_config(),
         config.dispatcher_config(holder),
     );
+    // The instructor's standing overrides hold before the first job is handed out.
+    let overrides = overrides::OverridesFile::in_dir(&config.data_dir);
+    let saved = overrides.load()?;
+    if !saved.is_empty() {
+        for warning in saved.apply(&engine) {
+            tracing::warn!(file = %overrides.path().display(), "{warning}");
+        }
+        tracing::info!(file = %overrides.path().display(), "restored admin overrides: {}", saved.describe());
+    }
     engine.start().await?;
-    let state = AppState::built(engine, auth, config, sink, lock);
+    let state = AppState::built(engine, auth, config, sink, (lock, overrides));
     state.spawn_background_tasks();
     Ok(state)
 }

@@ -12,6 +12,7 @@ use crate::config::ServerConfig;
 use crate::events::positions::PositionBoard;
 use crate::lock::DataDirLock;
 use crate::ops::Metrics;
+use crate::overrides::OverridesFile;
 
 /// The server's shared state. Cheap to clone.
 #[derive(Clone)]
@@ -32,6 +33,8 @@ struct Inner {
     background: AtomicBool,
     /// Held for as long as the server runs: no second server uses the same data directory.
     _data_dir_lock: Option<DataDirLock>,
+    /// Where admin overrides are saved, when the server owns a data directory.
+    overrides: Option<OverridesFile>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -46,7 +49,7 @@ impl AppState {
     /// State around a built (and started) engine. Outputs are read through the engine's sink; see
     /// [`AppState::with_local_files`] to stream them from a local directory instead.
     pub fn new(engine: Dispatcher, auth: Auth, config: ServerConfig) -> Self {
-        Self::assemble(engine, auth, config, None, None)
+        Self::assemble(engine, auth, config, None, None, None)
     }
 
     /// State around an engine whose output sink is `files` (as [`crate::build`] makes it): downloads are
@@ -57,18 +60,19 @@ impl AppState {
         config: ServerConfig,
         files: LocalDirSink,
     ) -> Self {
-        Self::assemble(engine, auth, config, Some(files), None)
+        Self::assemble(engine, auth, config, Some(files), None, None)
     }
 
-    /// What [`crate::build`] makes: local files, and the data directory's lock held for the server's life.
+    /// What [`crate::build`] makes: local files, the data directory's lock held for the server's life,
+    /// and admin overrides saved in the data directory.
     pub(crate) fn built(
         engine: Dispatcher,
         auth: Auth,
         config: ServerConfig,
         files: LocalDirSink,
-        lock: DataDirLock,
+        (lock, overrides): (DataDirLock, OverridesFile),
     ) -> Self {
-        Self::assemble(engine, auth, config, Some(files), Some(lock))
+        Self::assemble(engine, auth, config, Some(files), Some(lock), Some(overrides))
     }
 
     fn assemble(
@@ -77,6 +81,7 @@ impl AppState {
         config: ServerConfig,
         local_files: Option<LocalDirSink>,
         data_dir_lock: Option<DataDirLock>,
+        overrides: Option<OverridesFile>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -90,6 +95,7 @@ impl AppState {
                 local_files,
                 background: AtomicBool::new(false),
                 _data_dir_lock: data_dir_lock,
+                overrides,
             }),
         }
     }
@@ -144,6 +150,19 @@ impl AppState {
     /// positions.
     pub fn queue_changed(&self) {
         self.inner.positions.poke();
+    }
+
+    /// Says an admin changed a standing override (a pause, weight, cap, the policy, a drain): live streams
+    /// send new positions, and the overrides are saved so they hold after a restart. A failed save is
+    /// logged; the override holds until the server stops.
+    pub async fn overrides_changed(&self) {
+        self.queue_changed();
+        if let Some(file) = &self.inner.overrides {
+            let config = self.inner.config.scheduler_config();
+            if let Err(e) = file.save(&self.inner.engine, &config).await {
+                tracing::error!(error = %e, "the override holds until the server stops but could not be saved");
+            }
+        }
     }
 
     /// The output directory, when the engine's sink is a [`LocalDirSink`].

@@ -114,3 +114,102 @@ async fn after_a_crash_mid_queue_every_job_is_recovered_and_finished_once() {
     }
     server.shut_down().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instructors_overrides_hold_after_a_restart() {
+    use reqwest::Method;
+    let worker = sim(Duration::from_millis(50)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = credentials(&config(dir.path(), StoreBackend::Sqlite));
+    let teacher = Some(tokens["teacher"].as_str());
+    let server = Server::start(config(dir.path(), StoreBackend::Sqlite), &[worker.base_url()]).await;
+    let api = Api::new(&server.url);
+    let changes = [
+        (Method::POST, "/api/v1/admin/queue/pause", None),
+        (
+            Method::PUT,
+            "/api/v1/admin/queue/policy",
+            Some(serde_json::json!({"policy": "priority"})),
+        ),
+        (Method::POST, "/api/v1/admin/users/bob/pause", None),
+        (
+            Method::PUT,
+            "/api/v1/admin/users/alice/weight",
+            Some(serde_json::json!({"weight": 3.0})),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/admin/users/alice/caps",
+            Some(serde_json::json!({"max_queued": 2})),
+        ),
+        (Method::POST, "/api/v1/admin/providers/sim/drain", None),
+    ];
+    for (method, path, body) in changes {
+        let (status, answer) = api.call(method, path, teacher, body).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+    }
+    server.shut_down().await;
+    assert!(dir.path().join("overrides.json").is_file());
+
+    let server = Server::start(config(dir.path(), StoreBackend::Sqlite), &[worker.base_url()]).await;
+    let api = Api::new(&server.url);
+    let (_, queue) = api.call(Method::GET, "/api/v1/queue", teacher, None).await;
+    assert_eq!(queue["paused"], true, "{queue}");
+    assert_eq!(queue["policy"], "priority", "{queue}");
+    assert_eq!(queue["providers"][0]["draining"], true, "{queue}");
+    let (_, users) = api.call(Method::GET, "/api/v1/admin/users", teacher, None).await;
+    let user = |name: &str| {
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["user"] == name)
+            .cloned()
+    };
+    let alice = user("alice").expect("alice's settings came back");
+    assert_eq!(
+        (alice["weight"].as_f64(), alice["paused"].as_bool()),
+        (Some(3.0), Some(false))
+    );
+    assert_eq!(alice["max_queued"], 2, "{alice}");
+    assert_eq!(user("bob").expect("bob's pause came back")["paused"], true);
+
+    // Nothing starts while the queue is held; releasing everything runs the job and clears the file.
+    let id = api.submit(&tokens["alice"], &fixture("01_empty_save")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.job(&tokens["alice"], &id).await["state"], "queued");
+    let releases = [
+        (Method::POST, "/api/v1/admin/queue/resume", None),
+        (
+            Method::PUT,
+            "/api/v1/admin/queue/policy",
+            Some(serde_json::json!({"policy": "round_robin"})),
+        ),
+        (Method::POST, "/api/v1/admin/users/bob/resume", None),
+        (
+            Method::PUT,
+            "/api/v1/admin/users/alice/weight",
+            Some(serde_json::json!({"weight": 1.0})),
+        ),
+        // Back to the configured default cap of 100.
+        (
+            Method::PUT,
+            "/api/v1/admin/users/alice/caps",
+            Some(serde_json::json!({"max_queued": 100})),
+        ),
+        (Method::POST, "/api/v1/admin/providers/sim/undrain", None),
+    ];
+    for (method, path, body) in releases {
+        let (status, answer) = api.call(method, path, teacher, body).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+    }
+    assert_eq!(
+        wait_for_end(&api, &tokens["alice"], &id).await["state"],
+        "succeeded"
+    );
+    assert!(
+        !dir.path().join("overrides.json").exists(),
+        "nothing differs from the configuration any more"
+    );
+    server.shut_down().await;
+}

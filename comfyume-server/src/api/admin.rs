@@ -1,8 +1,9 @@
 //! The instructor's overrides: pause and resume the queue or a user, reorder, reprioritise, weigh and cap
 //! users, switch the policy, drain providers.
 //!
-//! Scheduler overrides (pauses, weights, caps, moves to the front, the policy) live in the running
-//! server's memory: a restart returns to the configuration. Job priorities are stored with the job.
+//! Standing overrides (pauses, weights, caps, the policy, drains) are saved in the data directory and hold
+//! after a restart (see [`crate::overrides`]); job priorities are stored with the job; moves to the front
+//! live in the running server's memory only.
 
 use axum::Json;
 use axum::extract::State;
@@ -42,7 +43,7 @@ fn queue_state(state: &AppState) -> QueueState {
 pub async fn pause_queue(State(state): State<AppState>, Admin(who): Admin) -> Json<QueueState> {
     state.engine().with_scheduler(|s| s.pause_all());
     tracing::info!(admin = %who.user, "queue paused");
-    state.queue_changed();
+    state.overrides_changed().await;
     Json(queue_state(&state))
 }
 
@@ -52,7 +53,7 @@ pub async fn pause_queue(State(state): State<AppState>, Admin(who): Admin) -> Js
 pub async fn resume_queue(State(state): State<AppState>, Admin(who): Admin) -> Json<QueueState> {
     state.engine().with_scheduler(|s| s.resume_all());
     tracing::info!(admin = %who.user, "queue resumed");
-    state.queue_changed();
+    state.overrides_changed().await;
     Json(queue_state(&state))
 }
 
@@ -75,7 +76,7 @@ pub async fn set_policy(
 ) -> Json<QueueState> {
     state.engine().with_scheduler(|s| s.set_policy(req.policy));
     tracing::info!(admin = %who.user, policy = ?req.policy, "policy switched");
-    state.queue_changed();
+    state.overrides_changed().await;
     Json(queue_state(&state))
 }
 
@@ -161,7 +162,7 @@ pub async fn pause_user(
     let user = known_user(&state, &user)?;
     state.engine().with_scheduler(|s| s.pause_user(&user));
     tracing::info!(admin = %who.user, %user, "user paused");
-    state.queue_changed();
+    state.overrides_changed().await;
     Ok(Json(user_view(&state, &user)))
 }
 
@@ -177,7 +178,7 @@ pub async fn resume_user(
     let user = known_user(&state, &user)?;
     state.engine().with_scheduler(|s| s.resume_user(&user));
     tracing::info!(admin = %who.user, %user, "user resumed");
-    state.queue_changed();
+    state.overrides_changed().await;
     Ok(Json(user_view(&state, &user)))
 }
 
@@ -210,7 +211,7 @@ pub async fn set_weight(
         .engine()
         .with_scheduler(|s| s.set_user_weight(&user, req.weight))?;
     tracing::info!(admin = %who.user, %user, weight = req.weight, "weight set");
-    state.queue_changed();
+    state.overrides_changed().await;
     Ok(Json(user_view(&state, &user)))
 }
 
@@ -263,7 +264,7 @@ pub async fn set_caps(
         caps
     });
     tracing::info!(admin = %who.user, %user, ?caps, "caps set");
-    state.queue_changed();
+    state.overrides_changed().await;
     Ok(Json(user_view(&state, &user)))
 }
 
@@ -291,7 +292,7 @@ async fn set_draining(
         return Err(ApiError::not_found(format!("no provider '{name}'")));
     }
     tracing::info!(admin = who, provider = name, draining, "provider drain changed");
-    state.queue_changed();
+    state.overrides_changed().await;
     state
         .engine()
         .providers()
