@@ -389,7 +389,12 @@ impl Inner {
                 _ = inner.stop.cancelled() => return,
             }
             match inner.store.get(id).await {
-                Ok(Some(job)) if job.state == JobState::Queued => inner.restore(&job),
+                Ok(Some(job)) if job.state == JobState::Queued => {
+                    inner.restore(&job);
+                    // Back in the scheduler: watchers learn it waits again (and its new position).
+                    let reason = format!("back in the queue for attempt {}", job.attempts + 1);
+                    inner.publish(&job, EventKind::Queued { reason: Some(reason) });
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::error!(job = %id, error = %e, "could not requeue job; it runs after restart")

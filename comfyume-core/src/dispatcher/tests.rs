@@ -365,12 +365,18 @@ async fn retries_infrastructure_failures_with_backoff() {
             "dispatched",
             "started",
             "retrying",
+            "queued",
             "dispatched",
             "started",
             "progress",
             "output",
             "succeeded"
         ]
+    );
+    assert!(
+        matches!(&events[4], EventKind::Queued { reason: Some(r) } if r.contains("attempt 2")),
+        "after its backoff the job is announced back in the queue: {:?}",
+        events[4]
     );
     let EventKind::Retrying {
         attempt,
