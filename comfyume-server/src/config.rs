@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub jobs: JobsSection,
     /// Users and sessions.
     pub auth: AuthSection,
+    /// Live event streams.
+    pub events: EventsSection,
     /// Where jobs run, in order of preference. Empty means one ComfyUI at `http://127.0.0.1:8188`.
     pub providers: Vec<ProviderSection>,
 }
@@ -58,6 +60,7 @@ impl Default for ServerConfig {
             scheduler: SchedulerSection::default(),
             jobs: JobsSection::default(),
             auth: AuthSection::default(),
+            events: EventsSection::default(),
             providers: Vec::new(),
         }
     }
@@ -176,6 +179,45 @@ impl Default for AuthSection {
             session_hours: 12,
             secure_cookies: false,
         }
+    }
+}
+
+/// `[events]`: keeping live event streams (`/api/v1/events`) healthy, in seconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsSection {
+    /// How often the server pings each stream.
+    pub ping_secs: u64,
+    /// A stream whose client sent nothing for this long (not even a pong) is closed.
+    pub idle_timeout_secs: u64,
+    /// A stream whose client does not take a message within this long is closed.
+    pub send_timeout_secs: u64,
+}
+
+impl Default for EventsSection {
+    fn default() -> Self {
+        Self {
+            ping_secs: 20,
+            idle_timeout_secs: 60,
+            send_timeout_secs: 10,
+        }
+    }
+}
+
+impl EventsSection {
+    /// The ping interval.
+    pub fn ping(&self) -> Duration {
+        Duration::from_secs(self.ping_secs)
+    }
+
+    /// The idle limit.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// The send limit.
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_secs(self.send_timeout_secs)
     }
 }
 
@@ -309,6 +351,17 @@ impl ServerConfig {
             if value == 0 {
                 return Err(bad(key, "must be at least 1".to_string()));
             }
+        }
+        let e = &self.events;
+        if e.ping_secs == 0 || e.send_timeout_secs == 0 || e.idle_timeout_secs <= e.ping_secs {
+            return Err(bad(
+                "events.idle_timeout_secs",
+                format!(
+                    "pings every {} s and an idle limit of {} s do not fit (the limit must be longer than the \
+                     ping interval; ping and send_timeout_secs at least 1)",
+                    e.ping_secs, e.idle_timeout_secs
+                ),
+            ));
         }
         if self.auth.session_hours == 0 {
             return Err(bad("auth.session_hours", "must be at least 1".to_string()));
@@ -543,5 +596,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(text.contains("jobs.heartbeat_secs"), "{text}");
+        let path = write(dir.path(), "[events]\nping_secs = 30\nidle_timeout_secs = 30\n");
+        let text = ServerConfig::load_with_env(Some(&path), &Overrides::default(), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("events.idle_timeout_secs"), "{text}");
     }
 }

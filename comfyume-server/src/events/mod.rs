@@ -30,7 +30,7 @@
 //!   "content_type":"image/jpeg","size":<bytes>}` followed by one binary frame with the image.
 //!
 //! The server pings every 20 s and drops a connection that sent nothing (not even a pong) for 60 s, or
-//! that does not take a message within 10 s. At shutdown every stream is closed with code 1001.
+//! that does not take a message within 10 s (all three set in `[events]`). At shutdown every stream is closed with code 1001.
 
 pub mod positions;
 
@@ -58,12 +58,6 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
-/// How often the server pings.
-const PING_EVERY: Duration = Duration::from_secs(20);
-/// A connection that sent nothing for this long is dropped.
-const IDLE_LIMIT: Duration = Duration::from_secs(60);
-/// A message the client does not take within this long drops the connection.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most waiting jobs one connection follows positions for.
 const MAX_TRACKED: usize = 500;
 
@@ -201,7 +195,11 @@ struct Stream {
     previews: bool,
 }
 
-type Sender = SplitSink<WebSocket, Message>;
+/// The sending half of a stream, with the time a client gets to take each message (`[events]`).
+struct Sender {
+    sink: SplitSink<WebSocket, Message>,
+    timeout: Duration,
+}
 
 impl Stream {
     fn sees(&self, event: &JobEvent) -> bool {
@@ -221,7 +219,13 @@ impl Stream {
         job: Option<comfyume_core::Job>,
     ) {
         let token = state.shutdown_token().clone();
-        let (mut tx, mut rx) = socket.split();
+        let limits = &state.config().events;
+        let (sink, mut rx) = socket.split();
+        let mut tx = Sender {
+            sink,
+            timeout: limits.send_timeout(),
+        };
+        let (ping_every, idle_limit) = (limits.ping(), limits.idle_timeout());
         let mut board = state.positions().subscribe();
         let hello = StreamMessage::Hello {
             user: self.principal.user.to_string(),
@@ -274,7 +278,7 @@ impl Stream {
                 return;
             }
         }
-        let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut heard = Instant::now();
         let closed_by_shutdown = loop {
             tokio::select! {
@@ -311,7 +315,7 @@ impl Stream {
                     Some(Ok(_)) => heard = Instant::now(),
                 },
                 _ = ping.tick() => {
-                    if heard.elapsed() > IDLE_LIMIT || !send(&mut tx, Message::Ping(Default::default())).await {
+                    if heard.elapsed() > idle_limit || !send(&mut tx, Message::Ping(Default::default())).await {
                         break false;
                     }
                 }
@@ -322,7 +326,7 @@ impl Stream {
                 code: close_code::AWAY,
                 reason: "the server is shutting down".into(),
             }));
-            let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(close)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), tx.sink.send(close)).await;
         }
     }
 
@@ -415,7 +419,7 @@ async fn send_json<T: Serialize>(tx: &mut Sender, message: &T) -> bool {
 
 async fn send(tx: &mut Sender, message: Message) -> bool {
     matches!(
-        tokio::time::timeout(SEND_TIMEOUT, tx.send(message)).await,
+        tokio::time::timeout(tx.timeout, tx.sink.send(message)).await,
         Ok(Ok(()))
     )
 }

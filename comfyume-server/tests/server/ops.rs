@@ -323,3 +323,58 @@ async fn shutdown_closes_event_streams_and_hands_running_jobs_back() {
     assert_eq!(s.provider.cancels(), [running], "and was stopped on its provider");
     assert!(s.state.shutdown_token().is_cancelled());
 }
+
+/// The live gauge of open event streams, from `/metrics`.
+async fn open_streams(s: &Server) -> f64 {
+    let text = s
+        .request(Method::GET, "/metrics", Some("teacher"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    parse_prometheus(&text).samples["comfyume_websocket_connections"]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_that_answer_pings_stay_open_and_silent_ones_are_closed() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = Server::with(Options {
+        events: comfyume_server::config::EventsSection {
+            ping_secs: 1,
+            idle_timeout_secs: 2,
+            send_timeout_secs: 1,
+        },
+        ..Options::default()
+    })
+    .await;
+    // Reading the stream makes the client library answer each ping with a pong; the other client never
+    // reads, so it never answers.
+    let mut live = s.ws(Some("alice"), "").await.unwrap();
+    let mut silent = s.ws(Some("bob"), "").await.unwrap();
+    assert_eq!(open_streams(&s).await, 2.0);
+    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(4_500);
+    let mut pings = 0;
+    loop {
+        match tokio::time::timeout_at(until, live.stream.next()).await {
+            Err(_) => break,
+            Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+            Ok(Some(Ok(Message::Text(_) | Message::Pong(_)))) => {}
+            other => panic!("the answering stream ended: {other:?}"),
+        }
+    }
+    assert!(pings >= 3, "pinged every second, got {pings} pings in 4.5 s");
+    assert_eq!(open_streams(&s).await, 1.0, "the silent stream was closed");
+    // What the silent client finds when it finally reads: the pings it missed, then the end.
+    let ended = loop {
+        match tokio::time::timeout(WAIT, silent.stream.next()).await {
+            Ok(Some(Ok(Message::Ping(_) | Message::Text(_)))) => continue,
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => break true,
+            Ok(Some(Ok(_))) => continue,
+            Err(_) => break false,
+        }
+    };
+    assert!(ended, "the silent stream was ended by the server");
+}

@@ -13,7 +13,7 @@ use comfyume_core::{
     OutputKind, ProviderError, ProviderEvent, ProviderEventStream, UserId,
 };
 use comfyume_server::auth::credentials::Credentials;
-use comfyume_server::config::{ServerConfig, StoreBackend};
+use comfyume_server::config::{EventsSection, ServerConfig, StoreBackend};
 use futures::channel::mpsc::{UnboundedSender, unbounded};
 use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
@@ -224,6 +224,8 @@ pub struct Options {
     pub max_body_bytes: usize,
     /// Shutdown grace period.
     pub grace_secs: u64,
+    /// Event stream pings and limits.
+    pub events: EventsSection,
 }
 
 impl Default for Options {
@@ -235,6 +237,7 @@ impl Default for Options {
             store: StoreBackend::Memory,
             max_body_bytes: 64 * 1024,
             grace_secs: 0,
+            events: EventsSection::default(),
         }
     }
 }
@@ -274,6 +277,7 @@ impl Server {
             data_dir: dir.path().join("data"),
             max_body_bytes: options.max_body_bytes,
             shutdown_grace_secs: options.grace_secs,
+            events: options.events,
             ..ServerConfig::default()
         };
         config.store.backend = options.store;
