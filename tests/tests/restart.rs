@@ -115,6 +115,42 @@ async fn after_a_crash_mid_queue_every_job_is_recovered_and_finished_once() {
     server.shut_down().await;
 }
 
+/// An instructor's settings through the admin API: the queue and bob held (or released), the policy,
+/// alice's weight and queued cap, the provider drained (or not).
+async fn instruct(api: &Api, teacher: &str, hold: bool, policy: &str, weight: f64, max_queued: usize) {
+    use reqwest::Method;
+    use serde_json::json;
+    let (pause, drain) = if hold {
+        ("pause", "drain")
+    } else {
+        ("resume", "undrain")
+    };
+    let calls = [
+        (Method::POST, format!("/api/v1/admin/queue/{pause}"), None),
+        (
+            Method::PUT,
+            "/api/v1/admin/queue/policy".into(),
+            Some(json!({ "policy": policy })),
+        ),
+        (Method::POST, format!("/api/v1/admin/users/bob/{pause}"), None),
+        (
+            Method::PUT,
+            "/api/v1/admin/users/alice/weight".into(),
+            Some(json!({ "weight": weight })),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/admin/users/alice/caps".into(),
+            Some(json!({ "max_queued": max_queued })),
+        ),
+        (Method::POST, format!("/api/v1/admin/providers/sim/{drain}"), None),
+    ];
+    for (method, path, body) in calls {
+        let (status, answer) = api.call(method, &path, Some(teacher), body).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_instructors_overrides_hold_after_a_restart() {
     use reqwest::Method;
@@ -124,30 +160,7 @@ async fn the_instructors_overrides_hold_after_a_restart() {
     let teacher = Some(tokens["teacher"].as_str());
     let server = Server::start(config(dir.path(), StoreBackend::Sqlite), &[worker.base_url()]).await;
     let api = Api::new(&server.url);
-    let changes = [
-        (Method::POST, "/api/v1/admin/queue/pause", None),
-        (
-            Method::PUT,
-            "/api/v1/admin/queue/policy",
-            Some(serde_json::json!({"policy": "priority"})),
-        ),
-        (Method::POST, "/api/v1/admin/users/bob/pause", None),
-        (
-            Method::PUT,
-            "/api/v1/admin/users/alice/weight",
-            Some(serde_json::json!({"weight": 3.0})),
-        ),
-        (
-            Method::PUT,
-            "/api/v1/admin/users/alice/caps",
-            Some(serde_json::json!({"max_queued": 2})),
-        ),
-        (Method::POST, "/api/v1/admin/providers/sim/drain", None),
-    ];
-    for (method, path, body) in changes {
-        let (status, answer) = api.call(method, path, teacher, body).await;
-        assert_eq!(status, 200, "{path}: {answer}");
-    }
+    instruct(&api, &tokens["teacher"], true, "priority", 3.0, 2).await;
     server.shut_down().await;
     assert!(dir.path().join("overrides.json").is_file());
 
@@ -178,31 +191,8 @@ async fn the_instructors_overrides_hold_after_a_restart() {
     let id = api.submit(&tokens["alice"], &fixture("01_empty_save")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(api.job(&tokens["alice"], &id).await["state"], "queued");
-    let releases = [
-        (Method::POST, "/api/v1/admin/queue/resume", None),
-        (
-            Method::PUT,
-            "/api/v1/admin/queue/policy",
-            Some(serde_json::json!({"policy": "round_robin"})),
-        ),
-        (Method::POST, "/api/v1/admin/users/bob/resume", None),
-        (
-            Method::PUT,
-            "/api/v1/admin/users/alice/weight",
-            Some(serde_json::json!({"weight": 1.0})),
-        ),
-        // Back to the configured default cap of 100.
-        (
-            Method::PUT,
-            "/api/v1/admin/users/alice/caps",
-            Some(serde_json::json!({"max_queued": 100})),
-        ),
-        (Method::POST, "/api/v1/admin/providers/sim/undrain", None),
-    ];
-    for (method, path, body) in releases {
-        let (status, answer) = api.call(method, path, teacher, body).await;
-        assert_eq!(status, 200, "{path}: {answer}");
-    }
+    // Back to the configuration: round robin, weight 1, the default cap of 100.
+    instruct(&api, &tokens["teacher"], false, "round_robin", 1.0, 100).await;
     assert_eq!(
         wait_for_end(&api, &tokens["alice"], &id).await["state"],
         "succeeded"
