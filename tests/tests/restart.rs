@@ -189,8 +189,14 @@ async fn the_instructors_overrides_hold_after_a_restart() {
 
     // Nothing starts while the queue is held; releasing everything runs the job and clears the file.
     let id = api.submit(&tokens["alice"], &fixture("01_empty_save")).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(api.job(&tokens["alice"], &id).await["state"], "queued");
+    let held = api.job(&tokens["alice"], &id).await;
+    assert_eq!(held["state"], "queued", "{held}");
+    assert!(
+        held["estimated_start"]
+            .to_string()
+            .contains("the queue is paused by an admin"),
+        "{held}"
+    );
     // Back to the configuration: round robin, weight 1, the default cap of 100.
     instruct(&api, &tokens["teacher"], false, "round_robin", 1.0, 100).await;
     assert_eq!(
