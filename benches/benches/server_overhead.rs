@@ -30,7 +30,7 @@ const JOBS: usize = 1_000;
 const WARMUP: usize = 50;
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/fixtures/workflows/01_empty_save.json"
+    "/../examples/workflows/01_empty_save.json"
 );
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

@@ -17,6 +17,7 @@ use comfyume_server::auth::credentials::{Credentials, random_base64};
 use comfyume_server::config::StoreBackend;
 
 use crate::logging::LogFormat;
+use crate::samples;
 use crate::serve::{build_error, shutdown_signal, url_of};
 
 /// Options of `comfyume dev`.
@@ -45,17 +46,8 @@ pub struct DevArgs {
     pub log_format: LogFormat,
 }
 
-/// The fixture that shows live progress, and where the fixture inputs are, if this is the repository.
-const FIXTURE_DIRS: [&str; 2] = ["../shared/fixtures/workflows", "shared/fixtures/workflows"];
-const DEMO_FIXTURE: &str = "12_progress_colortransfer.json";
-/// Inputs some fixtures load (uploaded to every simulated worker when found).
-const FIXTURE_INPUTS: [&str; 2] = ["gw_input.png", "gw_broken.png"];
-
-fn fixture_dir() -> Option<&'static str> {
-    FIXTURE_DIRS
-        .into_iter()
-        .find(|d| Path::new(d).join(DEMO_FIXTURE).is_file())
-}
+/// The sample that shows live progress.
+const DEMO_WORKFLOW: &str = "12_progress_colortransfer.json";
 
 /// Makes sure the `dev` user exists (an admin, so every command can be tried) and issues a fresh token,
 /// revoking the ones from earlier runs. Returns the token and the password if the user is new.
@@ -87,20 +79,18 @@ async fn start_workers(args: &DevArgs) -> anyhow::Result<Vec<SimWorker>> {
         let worker = SimWorker::start(config.clone(), SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .context("starting a simulated worker")?;
-        if let Some(dir) = fixture_dir() {
-            let client = ComfyClient::new(
-                &worker.base_url(),
-                Duration::from_secs(10),
-                Duration::from_secs(5),
-            )?;
-            for name in FIXTURE_INPUTS {
-                if let Ok(data) = std::fs::read(Path::new(dir).join(name)) {
-                    client
-                        .upload_image(name, data.into(), true)
-                        .await
-                        .with_context(|| format!("uploading {name} to a simulated worker"))?;
-                }
-            }
+        // Some samples load these inputs: every simulated worker has them, as a prepared GPU box would.
+        let client = ComfyClient::new(
+            &worker.base_url(),
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+        )?;
+        for name in samples::INPUTS {
+            let data = samples::get(name).context("a built-in sample input is missing")?;
+            client
+                .upload_image(name, data.to_vec().into(), true)
+                .await
+                .with_context(|| format!("uploading {name} to a simulated worker"))?;
         }
         workers.push(worker);
     }
@@ -135,6 +125,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let (token, password) = dev_user(&config.credentials_path())?;
+    let workflows = samples::write_to(&config.data_dir.join("workflows"))?;
     let state = comfyume_server::build(config, vec![provider])
         .await
         .map_err(build_error)?;
@@ -162,9 +153,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         args.data_dir.display()
     );
     println!("  workers:  {} (simulated)", urls.join(", "));
+    println!(
+        "  samples:  {} (workflows that ran on a real ComfyUI; see its README.md)",
+        workflows.display()
+    );
     println!();
-    let workflow =
-        fixture_dir().map_or_else(|| "WORKFLOW.json".to_string(), |d| format!("{d}/{DEMO_FIXTURE}"));
+    let workflow = workflows.join(DEMO_WORKFLOW);
+    let workflow = workflow.display();
     let url_env = if addr.port() == 8190 {
         String::new()
     } else {

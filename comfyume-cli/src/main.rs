@@ -13,6 +13,7 @@ mod logging;
 mod outputs;
 mod password;
 mod progress;
+mod samples;
 mod serve;
 mod settings;
 mod sim_worker;

@@ -93,7 +93,7 @@ mod tests {
     use serde_json::json;
 
     fn fixture(name: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../shared/fixtures/workflows/{name}.json"))
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/workflows/{name}.json"))
     }
 
     #[test]

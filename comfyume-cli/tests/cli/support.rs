@@ -13,7 +13,7 @@ use tokio::process::{Child, Command};
 pub const BIN: &str = env!("CARGO_BIN_EXE_comfyume");
 
 /// The fixture workflows.
-pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/workflows");
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/workflows");
 
 /// The repository root (where `comfyume dev` finds `../shared`).
 pub const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");

@@ -1,7 +1,7 @@
 use super::*;
 use serde_json::json;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/workflows");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/workflows");
 
 fn fixtures() -> Vec<(String, Value)> {
     let mut out = Vec::new();

@@ -1,4 +1,4 @@
-//! Every websocket message of the real ComfyUI runs in `shared/reference/captures/` parses into a typed
+//! Every websocket message of the real ComfyUI runs in `tests/captures/` parses into a typed
 //! message; every 400 body becomes the failure a user should see.
 
 use bytes::Bytes;
@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::*;
 
-const CAPTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/reference/captures");
+const CAPTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/captures");
 
 fn capture(name: &str) -> Value {
     let path = format!("{CAPTURES}/{name}");

@@ -1,7 +1,7 @@
 //! A **simulated** ComfyUI worker, for tests, demos and load tests — never inference.
 //!
 //! [`SimWorker`] speaks ComfyUI 0.33.0's HTTP + WebSocket protocol as the captures in
-//! `shared/reference/captures/` show it: the same routes (each also under `/api/`), the same 400 bodies
+//! `tests/captures/` show it: the same routes (each also under `/api/`), the same 400 bodies
 //! from validating prompts against the real node catalogue, the same WebSocket message order and
 //! routing (execution events only to the submitting `client_id`'s socket, `status` to everyone), one job
 //! at a time per replica from a queue ordered by `number`, cooperative interrupts, in-memory history, and

@@ -148,7 +148,7 @@ mod tests {
 
     fn order(fixture: &str, outputs: &[&str], targets: &[&str]) -> Vec<String> {
         let path = format!(
-            "{}/../../shared/fixtures/workflows/{fixture}.json",
+            "{}/../examples/workflows/{fixture}.json",
             env!("CARGO_MANIFEST_DIR")
         );
         let prompt: Map<String, Value> =

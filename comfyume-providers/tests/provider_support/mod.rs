@@ -17,13 +17,14 @@ use comfyume_providers::{ComfyUiConfig, ComfyUiProvider, InstanceConfig};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-pub const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared");
+/// The sample workflows in the repository (`examples/workflows/`).
+pub const WORKFLOWS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/workflows");
 
 /// How long any single wait in these tests may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(30);
 
 pub fn fixture(name: &str) -> Value {
-    let path = format!("{SHARED}/fixtures/workflows/{name}.json");
+    let path = format!("{WORKFLOWS}/{name}.json");
     serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap()
 }
 
@@ -45,7 +46,7 @@ pub async fn sim(exec: Duration) -> SimWorker {
 /// Uploads one of the fixture input files to a worker (`POST /upload/image`).
 pub async fn upload(worker: &SimWorker, file: &str) {
     let client = ComfyClient::new(&worker.base_url(), WAIT, WAIT).unwrap();
-    let data = std::fs::read(format!("{SHARED}/fixtures/workflows/{file}")).unwrap();
+    let data = std::fs::read(format!("{WORKFLOWS}/{file}")).unwrap();
     let uploaded = client.upload_image(file, data.into(), true).await.unwrap();
     assert_eq!(uploaded.name, file);
 }

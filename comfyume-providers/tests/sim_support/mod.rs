@@ -13,21 +13,22 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long any single wait in these tests may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-pub fn shared_dir() -> std::path::PathBuf {
-    std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")).to_path_buf()
+/// The repository's root (sample workflows in `examples/workflows/`, captures in `tests/captures/`).
+pub fn repo_dir() -> std::path::PathBuf {
+    std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).to_path_buf()
 }
 
 pub fn fixture(name: &str) -> Value {
-    let p = shared_dir().join(format!("fixtures/workflows/{name}.json"));
+    let p = repo_dir().join(format!("examples/workflows/{name}.json"));
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
 pub fn fixture_bytes(file: &str) -> Vec<u8> {
-    std::fs::read(shared_dir().join(format!("fixtures/workflows/{file}"))).unwrap()
+    std::fs::read(repo_dir().join(format!("examples/workflows/{file}"))).unwrap()
 }
 
 pub fn capture(name: &str) -> Value {
-    let p = shared_dir().join(format!("reference/captures/{name}.json"));
+    let p = repo_dir().join(format!("tests/captures/{name}.json"));
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 

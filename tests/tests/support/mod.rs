@@ -23,8 +23,9 @@ use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-/// `shared/` beside the repository.
-pub const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared");
+/// The repository's root: sample workflows in `examples/workflows/`, captures of real ComfyUI runs in
+/// `tests/captures/`.
+pub const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// Every wait gives up after this long (a failure, not a sleep).
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -34,13 +35,13 @@ pub const USERS: [(&str, bool); 3] = [("alice", false), ("bob", false), ("teache
 
 /// A fixture workflow by name (without `.json`).
 pub fn fixture(name: &str) -> Value {
-    let path = format!("{SHARED}/fixtures/workflows/{name}.json");
+    let path = format!("{REPO}/examples/workflows/{name}.json");
     serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap()
 }
 
 /// The capture of a real ComfyUI run of a fixture.
 pub fn capture(name: &str) -> Value {
-    let path = format!("{SHARED}/reference/captures/run_{name}.json");
+    let path = format!("{REPO}/tests/captures/run_{name}.json");
     serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap()
 }
 
@@ -60,7 +61,7 @@ pub async fn sim(exec: Duration) -> SimWorker {
 /// running a workflow that loads it.
 pub async fn upload(worker: &SimWorker, file: &str) {
     let client = ComfyClient::new(&worker.base_url(), WAIT, WAIT).unwrap();
-    let data = std::fs::read(format!("{SHARED}/fixtures/workflows/{file}")).unwrap();
+    let data = std::fs::read(format!("{REPO}/examples/workflows/{file}")).unwrap();
     let uploaded = client.upload_image(file, data.into(), true).await.unwrap();
     assert_eq!(uploaded.name, file);
 }
