@@ -268,19 +268,15 @@ pub struct Overrides {
 }
 
 /// The top-level keys, for telling configuration variables from other `COMFYUME_…` variables
-/// (`COMFYUME_TOKEN`, `COMFYUME_URL`, … belong to the command-line client).
-const TOP_LEVEL_KEYS: &[&str] = &[
-    "listen",
-    "data_dir",
-    "max_body_bytes",
-    "max_json_depth",
-    "shutdown_grace_secs",
-    "store",
-    "scheduler",
-    "jobs",
-    "auth",
-    "providers",
-];
+/// (`COMFYUME_TOKEN`, `COMFYUME_URL`, … belong to the command-line client). Read off the configuration
+/// itself, so a section added later is settable from the environment without anyone remembering to list
+/// it here.
+fn top_level_keys() -> Vec<String> {
+    match serde_json::to_value(ServerConfig::default()) {
+        Ok(serde_json::Value::Object(keys)) => keys.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
 
 impl ServerConfig {
     /// Reads the configuration: defaults, then `file` (if given; it must exist), then `COMFYUME_…`
@@ -301,9 +297,10 @@ impl ServerConfig {
             figment = figment.merge(Toml::file_exact(path));
         }
         // The filter sees the key before it is lowercased.
-        let env = env.split("__").filter(|key| {
+        let keys = top_level_keys();
+        let env = env.split("__").filter(move |key| {
             let first = key.as_str().split('.').next().unwrap_or("");
-            TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(first))
+            keys.iter().any(|k| k.eq_ignore_ascii_case(first))
         });
         figment = figment.merge(env).merge(Serialized::globals(overrides));
         let config: ServerConfig = figment.extract().map_err(|e| ServerError::Config(describe(e)))?;
@@ -584,6 +581,20 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("jobs.max_attempts"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's test jail fixes the closure's error type
+    fn every_section_can_be_set_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("COMFYUME_EVENTS__PING_SECS", "7");
+            jail.set_env("COMFYUME_EVENTS__IDLE_TIMEOUT_SECS", "21");
+            jail.set_env("COMFYUME_AUTH__SESSION_HOURS", "3");
+            let c = ServerConfig::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!((c.events.ping_secs, c.events.idle_timeout_secs), (7, 21));
+            assert_eq!(c.auth.session_hours, 3);
             Ok(())
         });
     }
