@@ -48,13 +48,18 @@ pub async fn run(args: OutputsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One line per output on standard output: path, type, size and download URL.
+/// One line per output on standard output: path, type, size and download URL; a result that is not a
+/// file (a node's text) also shows its key and value.
 pub fn print_outputs(client: &Client, outputs: &[OutputView]) {
     let width = outputs.iter().map(|o| o.path().len()).max().unwrap_or(0);
     for o in outputs {
         let kind = if o.kind == "temp" { " (preview)" } else { "" };
+        let value = o
+            .value_line(80)
+            .map(|v| format!("  {}: {v}", o.media))
+            .unwrap_or_default();
         println!(
-            "{:<width$}  {:>9}  {}{}{kind}",
+            "{:<width$}  {:>9}  {}{}{kind}{value}",
             o.path(),
             human_bytes(o.size),
             client.base(),
@@ -129,6 +134,8 @@ mod tests {
             content_type: "image/png".into(),
             size: 1,
             url: "/api/v1/jobs/x/outputs/0".into(),
+            media: "images".into(),
+            value: None,
         }
     }
 
@@ -155,6 +162,17 @@ mod tests {
                 "{sub}/{name}"
             );
         }
+    }
+
+    #[test]
+    fn values_read_on_one_line() {
+        let mut text = output("", "3_text.txt", "output");
+        text.value = Some(serde_json::json!(["hello,\ngateway", "again"]));
+        assert_eq!(text.value_line(80).unwrap(), "hello, gateway / again");
+        assert_eq!(text.value_line(6).unwrap(), "hello…");
+        text.value = Some(serde_json::json!([true]));
+        assert_eq!(text.value_line(80).unwrap(), "[true]");
+        assert_eq!(output("", "a.png", "output").value_line(80), None);
     }
 
     #[test]

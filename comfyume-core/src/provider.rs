@@ -62,6 +62,17 @@ pub enum ProviderEvent {
     },
     /// A file the job produced; the dispatcher hands it to the owner's output sink.
     Artifact(Artifact),
+    /// A result that is not a file (ComfyUI's `executed.output.text` of a `PreviewAny`, the `animated`
+    /// flag of an animated image, any other key without files): kept with the job's outputs. A repeat
+    /// for the same node and key replaces the earlier value.
+    Value {
+        /// The node that reported it, when known.
+        node: Option<String>,
+        /// Its key (`text`, `animated`, …).
+        media: String,
+        /// Its value, as reported.
+        value: serde_json::Value,
+    },
     /// A provider message without a typed counterpart, passed through for UIs that understand it.
     Other {
         /// The message type.

@@ -90,6 +90,81 @@ pub struct OutputRef {
     pub content_type: String,
     /// Size in bytes.
     pub size: u64,
+    /// For a result that is not a file (the text a `PreviewAny` shows, the `animated` flag of an animated
+    /// image, any other key of ComfyUI's `executed.output`): its value, exactly as the node reported it.
+    /// It lives in the job's record, not in the sink; `filename` is then the name it downloads as and
+    /// `size` the length of that download (see [`OutputRef::from_value`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+}
+
+impl OutputRef {
+    /// A result of `node` that is not a file: `media` is its key in ComfyUI's `executed.output` (`text`,
+    /// `animated`, …) and `value` that key's value. It downloads as `<node>_<media>.txt` (text: a string,
+    /// or a list of strings one per line) or `.json` (anything else).
+    pub fn from_value(
+        owner: UserId,
+        job_id: JobId,
+        node_id: Option<String>,
+        media: impl Into<String>,
+        value: serde_json::Value,
+    ) -> Self {
+        let media = media.into();
+        let (text, ext) = render_value(&value);
+        let name_part = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .take(64)
+                .collect()
+        };
+        let node = node_id.as_deref().map_or_else(|| "job".to_string(), name_part);
+        let filename = format!("{node}_{}.{ext}", name_part(&media));
+        Self {
+            owner,
+            job_id,
+            node_id,
+            content_type: content_type_for(&filename).to_string(),
+            media,
+            filename,
+            subfolder: String::new(),
+            kind: OutputKind::Output,
+            size: text.len() as u64,
+            value: Some(value),
+        }
+    }
+
+    /// True for a result kept as a value rather than a stored file.
+    pub fn is_value(&self) -> bool {
+        self.value.is_some()
+    }
+
+    /// What a value result downloads as (`None` for a file): text for a string or a list of strings (one
+    /// per line), pretty JSON for anything else.
+    pub fn value_bytes(&self) -> Option<Bytes> {
+        self.value.as_ref().map(|v| Bytes::from(render_value(v).0))
+    }
+}
+
+/// A value as text (a string, or strings one per line) with extension `txt`, or as pretty JSON (`json`).
+fn render_value(value: &serde_json::Value) -> (String, &'static str) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => (s.clone(), "txt"),
+        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_string) => {
+            let lines: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+            (lines.join("\n"), "txt")
+        }
+        other => (
+            serde_json::to_string_pretty(other).unwrap_or_else(|_| other.to_string()),
+            "json",
+        ),
+    }
 }
 
 /// Stores a job's artifacts for its owner.
@@ -151,6 +226,7 @@ impl OutputSink for LocalDirSink {
             subfolder: artifact.subfolder,
             kind: artifact.kind,
             size: artifact.data.len() as u64,
+            value: None,
         };
         let path = self.path_of(&output)?;
         let dir = path
@@ -342,6 +418,35 @@ mod tests {
             assert!(matches!(err, Error::InvalidInput(_)), "{sub:?}/{name:?}: {err}");
         }
         assert!(!dir.path().join("data").exists(), "nothing was written");
+    }
+
+    #[test]
+    fn values_download_as_text_or_json() {
+        let alice = UserId::new("alice").unwrap();
+        let job = JobId::new();
+        let text = OutputRef::from_value(
+            alice.clone(),
+            job,
+            Some("3".into()),
+            "text",
+            serde_json::json!(["40", "30"]),
+        );
+        assert_eq!(text.filename, "3_text.txt");
+        assert_eq!(text.content_type, "text/plain; charset=utf-8");
+        assert_eq!(text.value_bytes().unwrap(), Bytes::from_static(b"40\n30"));
+        assert_eq!(text.size, 5);
+        let flag = OutputRef::from_value(
+            alice,
+            job,
+            Some("12:4".into()),
+            "animated",
+            serde_json::json!([true]),
+        );
+        assert_eq!(flag.filename, "12_4_animated.json");
+        assert_eq!(flag.content_type, "application/json");
+        assert!(flag.is_value());
+        let back: OutputRef = serde_json::from_value(serde_json::to_value(&flag).unwrap()).unwrap();
+        assert_eq!(back, flag);
     }
 
     #[test]

@@ -62,10 +62,53 @@ fn expected_files(name: &str) -> (BTreeSet<(String, String, String)>, usize) {
     (files, temp)
 }
 
+/// (node, key, value) of every result a real ComfyUI reported that is not a file: `text` of 09 and 11,
+/// `animated` of 05, 06 and 07.
+fn expected_values(name: &str) -> BTreeSet<(String, String, String)> {
+    let run = capture(name);
+    let outputs = run["history"].as_object().unwrap().values().next().unwrap()["outputs"].clone();
+    let mut values = BTreeSet::new();
+    for (node, output) in outputs.as_object().unwrap() {
+        for (key, list) in output.as_object().unwrap() {
+            let plain: Vec<Value> = match list.as_array() {
+                Some(items) => items
+                    .iter()
+                    .filter(|i| i.get("filename").is_none())
+                    .cloned()
+                    .collect(),
+                None => vec![list.clone()],
+            };
+            if !plain.is_empty() {
+                values.insert((node.clone(), key.clone(), Value::Array(plain).to_string()));
+            }
+        }
+    }
+    values
+}
+
+fn values_of(job: &Value) -> BTreeSet<(String, String, String)> {
+    job["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o.get("value").is_some())
+        .map(|o| {
+            (
+                o["node_id"].as_str().unwrap().to_string(),
+                o["media"].as_str().unwrap().to_string(),
+                o["value"].to_string(),
+            )
+        })
+        .collect()
+}
+
 fn outputs_of(job: &Value) -> (BTreeSet<(String, String, String)>, usize) {
     let mut files = BTreeSet::new();
     let mut temp = 0;
     for o in job["outputs"].as_array().unwrap() {
+        if o.get("value").is_some() {
+            continue;
+        }
         if o["type"] == "temp" {
             temp += 1;
         } else {
@@ -96,6 +139,17 @@ async fn every_fixture_runs_end_to_end_through_the_api() {
         let job = wait_for_end(&api, alice, &id).await;
         assert_eq!(job["state"], "succeeded", "{name}: {job}");
         assert_eq!(outputs_of(&job), expected_files(name), "{name}: {job}");
+        // Text and flags such as `animated` are kept with the job too, exactly as ComfyUI reported them.
+        assert_eq!(values_of(&job), expected_values(name), "{name}: {job}");
+        let (_, listed) = api
+            .call(
+                Method::GET,
+                &format!("/api/v1/jobs/{id}/outputs"),
+                Some(alice),
+                None,
+            )
+            .await;
+        assert_eq!(listed["outputs"], job["outputs"], "{name}");
         for output in job["outputs"].as_array().unwrap() {
             let url = output["url"].as_str().unwrap();
             let (status, bytes) = api.bytes(Some(alice), url).await;
@@ -105,6 +159,19 @@ async fn every_fixture_runs_end_to_end_through_the_api() {
                 output["size"].as_u64().unwrap(),
                 "{name}: {url}"
             );
+            if let Some(value) = output.get("value") {
+                // A text downloads as its lines; anything else as JSON.
+                let expected = match value.as_array() {
+                    Some(items) if items.iter().all(Value::is_string) => items
+                        .iter()
+                        .map(|i| i.as_str().unwrap())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    _ => serde_json::to_string_pretty(value).unwrap(),
+                };
+                assert_eq!(String::from_utf8(bytes).unwrap(), expected, "{name}: {url}");
+                continue;
+            }
             // The very bytes the worker wrote: under the job's own prefix, or in the temp root for a
             // preview (which has no prefix).
             let (kind, sub, file) = (

@@ -140,9 +140,37 @@ pub struct OutputView {
     pub size: u64,
     /// Where to download it, relative to the server.
     pub url: String,
+    /// The key it was reported under (`images`, `text`, `animated`, …).
+    #[serde(default)]
+    pub media: String,
+    /// For a result that is not a file (a node's text, an `animated` flag): its value. It downloads
+    /// from `url` as text or JSON, under `filename`.
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
 }
 
 impl OutputView {
+    /// A value result on one short line: text as it reads (lines joined by ` / `), anything else as
+    /// JSON; cut at `max` characters. `None` for a file.
+    pub fn value_line(&self, max: usize) -> Option<String> {
+        let value = self.value.as_ref()?;
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(items) if !items.is_empty() && items.iter().all(|i| i.is_string()) => {
+                let lines: Vec<&str> = items.iter().filter_map(|i| i.as_str()).collect();
+                lines.join(" / ")
+            }
+            other => other.to_string(),
+        };
+        let one_line = text.replace(['\n', '\r'], " ");
+        Some(if one_line.chars().count() > max {
+            let cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
+            format!("{cut}…")
+        } else {
+            one_line
+        })
+    }
+
     /// `subfolder/filename`, or the file name alone.
     pub fn path(&self) -> String {
         if self.subfolder.is_empty() {

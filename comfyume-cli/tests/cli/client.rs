@@ -193,6 +193,83 @@ async fn serve_then_submit_wait_shows_live_progress_and_the_outputs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_results_are_shown_listed_and_downloaded() {
+    let serve = Serve::start(Duration::from_millis(5)).await;
+    let password = serve.admin_password();
+    let env = [
+        ("COMFYUME_URL", serve.url.as_str()),
+        ("COMFYUME_PASSWORD", password.as_str()),
+    ];
+    // GetImageSize → PreviewAny: the job's one result is the text "40", no file.
+    let run = comfyume(
+        &[
+            "submit",
+            &fixture("11_progress_text_size"),
+            "--wait",
+            "--user",
+            "admin",
+        ],
+        &env,
+        None,
+    )
+    .await
+    .expect(0);
+    assert!(run.stderr.contains("1 output"), "{run:?}");
+    let line = run.stdout.lines().next().unwrap_or_default();
+    assert!(
+        line.starts_with("3_text.txt") && line.ends_with("text: 40"),
+        "{run:?}"
+    );
+    let id = run
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("submitted job "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let listed = comfyume(&["outputs", &id, "--user", "admin"], &env, None)
+        .await
+        .expect(0);
+    assert_eq!(listed.stdout, run.stdout);
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().display().to_string();
+    comfyume(
+        &["outputs", &id, "--download", &target, "--user", "admin"],
+        &env,
+        None,
+    )
+    .await
+    .expect(0);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("3_text.txt")).unwrap(),
+        "40"
+    );
+    // A saved text file and the text shown beside it: both kept.
+    let run = comfyume(
+        &["submit", &fixture("09_text"), "--wait", "--user", "admin"],
+        &env,
+        None,
+    )
+    .await
+    .expect(0);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{run:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("gw/text_00001.txt")),
+        "{run:?}"
+    );
+    for node in ["3", "4"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("{node}_text.txt")) && l.ends_with("text: hello, gateway")),
+            "{run:?}"
+        );
+    }
+    serve.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submitted_job_can_be_cancelled_and_watch_reports_it() {
     // A minute per job: the job is still queued or running when it is cancelled.
     let serve = Serve::start(Duration::from_secs(60)).await;

@@ -166,6 +166,19 @@ impl JobRun {
                         }
                     }
                 }
+                ProviderEvent::Value { node, media, value } => {
+                    let owner = self.job.spec.owner.clone();
+                    let output = OutputRef::from_value(owner, self.job.id, node, media, value);
+                    // A node reporting the same key again (a re-check of the provider's history)
+                    // replaces its earlier value instead of adding a second one.
+                    outputs.retain(|o: &OutputRef| {
+                        !(o.is_value() && o.node_id == output.node_id && o.media == output.media)
+                    });
+                    self.publish(EventKind::Output {
+                        output: output.clone(),
+                    });
+                    outputs.push(output);
+                }
                 ProviderEvent::Completed => return Outcome::Succeeded(outputs),
                 ProviderEvent::Failed(failure) => return Outcome::Failed(failure),
                 ProviderEvent::Waiting { message } => self.publish(EventKind::Waiting { message }),

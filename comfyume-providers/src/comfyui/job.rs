@@ -209,6 +209,14 @@ impl JobRun {
                         data,
                     }));
                 }
+                // Text and flags (`animated`) are results too; a repeat (a history re-check) replaces.
+                for (media, value) in plan.values {
+                    self.push(ProviderEvent::Value {
+                        node: Some(node.to_string()),
+                        media,
+                        value,
+                    });
+                }
                 self.push(ProviderEvent::Executed {
                     node: node.to_string(),
                     output: plan.output,

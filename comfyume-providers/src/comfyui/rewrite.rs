@@ -179,6 +179,9 @@ pub struct OutputPlan {
     pub output: Value,
     /// The files to fetch and deliver.
     pub files: Vec<PlannedFile>,
+    /// Results that are not files, by key (`text`, `animated`, …), in the output's order: a key's
+    /// non-file items (or its whole value when it is not a list). Kept with the job's outputs.
+    pub values: Vec<(String, Value)>,
     /// Files left out, with the reason (for the log only: their names belong to someone else).
     pub refused: Vec<String>,
 }
@@ -197,12 +200,15 @@ pub fn plan_outputs(output: &Value, prefix: &str, node_cached: bool) -> OutputPl
     for (media, value) in map {
         let Some(items) = value.as_array() else {
             user_output.insert(media.clone(), value.clone());
+            plan.values.push((media.clone(), value.clone()));
             continue;
         };
         let mut kept = Vec::with_capacity(items.len());
+        let mut plain = Vec::new();
         for item in items {
             let Some(filename) = item.get("filename").and_then(Value::as_str) else {
                 kept.push(item.clone());
+                plain.push(item.clone());
                 continue;
             };
             match accept(item, filename, prefix, node_cached) {
@@ -221,6 +227,9 @@ pub fn plan_outputs(output: &Value, prefix: &str, node_cached: bool) -> OutputPl
                 }
                 Err(why) => plan.refused.push(format!("{media}: {why}")),
             }
+        }
+        if !plain.is_empty() {
+            plan.values.push((media.clone(), Value::Array(plain)));
         }
         user_output.insert(media.clone(), Value::Array(kept));
     }

@@ -142,7 +142,16 @@ fn outputs_inside_the_prefix_are_accepted_and_stripped() {
         json!({"images": [{"filename": "empty_00001_.png", "subfolder": "gw", "type": "output"},
                           {"filename": "top_00001_.png", "subfolder": "", "type": "output"}],
                "animated": [true], "text": ["hello"]})
+    ); // What is not a file is kept as a value, key by key.
+    assert_eq!(
+        plan.values,
+        vec![
+            ("animated".to_string(), json!([true])),
+            ("text".to_string(), json!(["hello"]))
+        ]
     );
+    let odd = plan_outputs(&json!({"count": 3, "images": []}), &p, false);
+    assert_eq!(odd.values, vec![("count".to_string(), json!(3))]);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Listing and downloading a job's outputs.
 //!
 //! Only files recorded in the job's `outputs` are served, matched exactly; no path is ever built from the
-//! request, so nothing outside the owner's stored outputs is reachable. Names that could walk out of a
+//! request, so nothing outside the owner's stored outputs is reachable. A result that is not a file (a
+//! node's text, an `animated` flag) is kept in the job record and downloads as text or JSON. Names that could walk out of a
 //! directory (`..`, absolute paths, backslashes, NUL and other control characters) are refused with 400
 //! before any lookup. Files are streamed from disk, not read into memory whole.
 
@@ -173,30 +174,37 @@ pub fn content_disposition(filename: &str, content_type: &str, download: bool) -
 
 async fn serve_file(state: &AppState, output: &OutputRef, download: bool) -> Result<Response, ApiError> {
     let gone = || ApiError::not_found(format!("the file '{}' is no longer stored", output.filename));
-    let (body, length) = match state.local_files() {
-        Some(files) => {
-            let path = files.path_of(output)?;
-            let file = match tokio::fs::File::open(&path).await {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(gone()),
-                Err(e) => return Err(ApiError::internal(format!("opening {}: {e}", path.display()))),
-            };
-            let length = file
-                .metadata()
-                .await
-                .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?
-                .len();
-            let stream = tokio_util::io::ReaderStream::new(file);
-            (Body::from_stream(stream), length)
-        }
-        None => {
-            let bytes = state.engine().sink().read(output).await.map_err(|e| match e {
-                comfyume_core::Error::InvalidInput(_) => gone(),
-                e => ApiError::from(e),
-            })?;
+    let (body, length) = match (output.value_bytes(), state.local_files()) {
+        // A result kept with the job (a node's text): rendered, never read from disk.
+        (Some(bytes), _) => {
             let length = bytes.len() as u64;
             (Body::from(bytes), length)
         }
+        (None, files) => match files {
+            Some(files) => {
+                let path = files.path_of(output)?;
+                let file = match tokio::fs::File::open(&path).await {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(gone()),
+                    Err(e) => return Err(ApiError::internal(format!("opening {}: {e}", path.display()))),
+                };
+                let length = file
+                    .metadata()
+                    .await
+                    .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?
+                    .len();
+                let stream = tokio_util::io::ReaderStream::new(file);
+                (Body::from_stream(stream), length)
+            }
+            None => {
+                let bytes = state.engine().sink().read(output).await.map_err(|e| match e {
+                    comfyume_core::Error::InvalidInput(_) => gone(),
+                    e => ApiError::from(e),
+                })?;
+                let length = bytes.len() as u64;
+                (Body::from(bytes), length)
+            }
+        },
     };
     let header = |v: &str| HeaderValue::from_str(v).map_err(ApiError::internal);
     let mut response = (StatusCode::OK, body).into_response();

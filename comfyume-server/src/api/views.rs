@@ -120,7 +120,7 @@ pub fn failure_kind_name(f: &Failure) -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-/// One stored output file.
+/// One stored output: a file, or a result that is not one (`value`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct OutputView {
     /// Its index in the job's outputs (the `{n}` of its URL).
@@ -143,6 +143,11 @@ pub struct OutputView {
     pub size: u64,
     /// Where to download it (relative to the server).
     pub url: String,
+    /// For a result that is not a file (a node's `text`, an `animated` flag, …): its value as the node
+    /// reported it. It downloads from `url` too, as text or JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub value: Option<serde_json::Value>,
 }
 
 impl OutputView {
@@ -158,6 +163,7 @@ impl OutputView {
             content_type: output.content_type.clone(),
             size: output.size,
             url: format!("/api/v1/jobs/{}/outputs/{index}", output.job_id),
+            value: output.value.clone(),
         }
     }
 }

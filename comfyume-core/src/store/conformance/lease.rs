@@ -207,6 +207,7 @@ fn output(owner: &str, job_id: JobId) -> std::result::Result<OutputRef, String> 
         kind: OutputKind::Output,
         content_type: "image/png".into(),
         size: 1234,
+        value: None,
     })
 }
 
@@ -223,7 +224,12 @@ pub async fn check_mark_running_then_complete(store: Store) -> CheckResult {
         .await
         .ctx("mark_running again")?;
     same("the job after a repeated mark_running", &again, &job)?;
-    let outputs = vec![output("alice", id)?];
+    // A file and a result that is not one (the text a node showed): both kept as they were given.
+    let text = serde_json::json!(["40"]);
+    let outputs = vec![
+        output("alice", id)?,
+        OutputRef::from_value(user("alice")?, id, Some("3".into()), "text", text),
+    ];
     let job = store
         .complete(&lease, outputs.clone(), at(5))
         .await

@@ -112,6 +112,7 @@ async fn reopening_keeps_every_job_lease_and_state() {
         kind: OutputKind::Output,
         content_type: "image/png".into(),
         size: 1234,
+        value: None,
     };
     store.complete(&done_lease, vec![output], at(7)).await.unwrap();
     let retried = add(&store, "carol", at(8)).await;
