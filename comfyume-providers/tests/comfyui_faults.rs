@@ -179,45 +179,45 @@ async fn two_users_with_the_same_workflow_get_two_files_each_in_their_own_space(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cached_preview_of_another_users_job_is_never_delivered() {
+async fn a_repeated_preview_delivers_its_own_images_never_another_users() {
     let worker = sim(Duration::ZERO).await;
     let env = Env::start(quick_config(&[(worker.base_url(), 1)])).await;
     let (alice, _) = env.run("alice", fixture("04_preview_temp")).await;
-    let (bob, kinds) = env.run("bob", fixture("04_preview_temp")).await;
-    assert_eq!(alice.outputs.len(), 2);
-    assert_eq!(bob.state, JobState::Succeeded);
-    let from_cache = kinds
-        .iter()
-        .any(|k| matches!(k, EventKind::Cached { nodes } if nodes.iter().any(|n| n == "2")));
-    let alices: Vec<&str> = alice.outputs.iter().map(|o| o.filename.as_str()).collect();
-    for out in &bob.outputs {
-        assert!(
-            !alices.contains(&out.filename.as_str()),
-            "bob received alice's {}",
-            out.filename
-        );
-    }
-    if from_cache {
-        assert!(
-            bob.outputs.is_empty(),
-            "a cached preview is another prompt's file"
-        );
-        let executed = kinds.iter().find_map(|k| match k {
-            EventKind::Executed { output, .. } => Some(output.clone()),
-            _ => None,
-        });
-        assert_eq!(
-            executed.expect("executed is still reported")["images"],
-            serde_json::json!([])
-        );
-    } else {
-        assert_eq!(bob.outputs.len(), 2);
-    }
-    assert!(
-        env.files_of("bob")
+    // The same graph again, by bob and then by alice: ComfyUI would answer the preview from its cache
+    // with the first prompt's files. Every job gets two images of its own.
+    for owner in ["bob", "alice"] {
+        let (job, kinds) = env.run(owner, fixture("04_preview_temp")).await;
+        assert_eq!(job.state, JobState::Succeeded, "{owner}: {kinds:#?}");
+        assert_eq!(job.outputs.len(), 2, "{owner}: {kinds:#?}");
+        let from_cache = kinds
             .iter()
-            .all(|f| f.contains(&bob.id.to_string()))
-    );
+            .any(|k| matches!(k, EventKind::Cached { nodes } if nodes.iter().any(|n| n == "2")));
+        assert!(!from_cache, "{owner}: the preview ran again: {kinds:#?}");
+        let firsts: Vec<&str> = alice.outputs.iter().map(|o| o.filename.as_str()).collect();
+        for out in &job.outputs {
+            assert!(
+                !firsts.contains(&out.filename.as_str()),
+                "{owner} received the first job's {}",
+                out.filename
+            );
+            assert!(
+                worker.output_dir().join("temp").join(&out.filename).is_file(),
+                "{owner}: a file the worker wrote for this job"
+            );
+        }
+        assert!(
+            env.files_of(owner)
+                .iter()
+                .any(|f| f.contains(&job.id.to_string()))
+        );
+        // What may be cached still is: the image the preview shows was not made again.
+        assert!(
+            kinds
+                .iter()
+                .any(|k| matches!(k, EventKind::Cached { nodes } if nodes == &["1".to_string()])),
+            "{owner}: {kinds:#?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 //! and dropping it frees the job's slot on the instance. It ends right after its one terminal event.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use comfyume_core::{Artifact, Failure, FailureKind, JobId, ProviderEvent, ProviderEventStream};
@@ -29,6 +29,10 @@ pub(crate) struct JobRun {
     started: bool,
     cached: HashSet<String>,
     delivered: HashSet<FileRef>,
+    /// Nodes ComfyUI answered from its cache with another prompt's files (refused): the job lacks them.
+    short: Vec<String>,
+    uncached: Arc<Mutex<HashSet<JobId>>>,
+    job: JobId,
 }
 
 impl JobRun {
@@ -37,9 +41,13 @@ impl JobRun {
         instance: Arc<Instance>,
         registration: (JobGuard, mpsc::UnboundedReceiver<Delivery>),
         reconnect_grace: Duration,
+        uncached: Arc<Mutex<HashSet<JobId>>>,
     ) -> Self {
         let (guard, rx) = registration;
         Self {
+            short: Vec::new(),
+            uncached,
+            job,
             prompt_id: job.to_string(),
             prefix: job_prefix(job),
             instance,
@@ -135,7 +143,7 @@ impl JobRun {
                 max: steps(&p.max),
             }),
             ServerMessage::Executed(e) => self.on_executed(&e.node, &e.output).await,
-            ServerMessage::ExecutionSuccess(_) => self.finish(ProviderEvent::Completed),
+            ServerMessage::ExecutionSuccess(_) => self.succeed(),
             ServerMessage::ExecutionError(ref e) => {
                 let failure = node_error_failure(e, message.data());
                 self.finish(ProviderEvent::Failed(failure));
@@ -190,6 +198,9 @@ impl JobRun {
         for why in &plan.refused {
             tracing::warn!(job = %self.prompt_id, node, reason = %why, "refused an output that is not this job's");
         }
+        if plan.refused_cached && !self.short.iter().any(|n| n == node) {
+            self.short.push(node.to_string());
+        }
         let files: Vec<PlannedFile> = plan
             .files
             .into_iter()
@@ -230,6 +241,29 @@ impl JobRun {
                 self.fail_remote(FailureKind::ProviderError, message);
             }
         }
+    }
+
+    /// The prompt succeeded: the job completes, unless ComfyUI answered an output node from its cache
+    /// with another prompt's files despite the marker. Then it has fewer outputs than its graph makes:
+    /// the attempt fails as an infrastructure failure, and the retry runs with the cache bypassed.
+    fn succeed(&mut self) {
+        if self.short.is_empty() {
+            return self.finish(ProviderEvent::Completed);
+        }
+        self.uncached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(self.job);
+        let message = format!(
+            "the ComfyUI at {} answered node(s) {} from its cache with another prompt's files; the job \
+             runs again with the cache bypassed",
+            self.instance.url,
+            self.short.join(", ")
+        );
+        self.finish(ProviderEvent::Failed(Failure::new(
+            FailureKind::ProviderError,
+            message,
+        )));
     }
 
     /// The websocket dropped: wait (bounded) for it to come back, then ask the history what happened.
@@ -280,7 +314,7 @@ impl JobRun {
             for (node, output) in nodes {
                 self.on_executed(node, output).await;
             }
-            self.finish(ProviderEvent::Completed);
+            self.succeed();
             return;
         }
         for m in messages {

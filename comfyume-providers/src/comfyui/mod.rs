@@ -4,7 +4,10 @@
 //! How a job runs:
 //! 1. **Rewrite** ([`rewrite_workflow`]): every output node's `filename_prefix` becomes
 //!    `comfyume/<job_id>/<original>`; a workflow whose prefix cannot be made safe is refused as a
-//!    validation failure before anything is sent.
+//!    validation failure before anything is sent. Output nodes get a marker unique to the attempt
+//!    ([`mark_outputs`]) so ComfyUI's cache never answers them with an earlier prompt's files; should
+//!    one slip through anyway, the attempt fails as an infrastructure failure and the retry runs with
+//!    the cache bypassed for every node: a job never succeeds with fewer outputs than its graph makes.
 //! 2. **Place**: the least busy instance that is healthy (`/system_stats` answers), has its websocket open
 //!    and a free slot. Each instance holds one websocket with a fixed `clientId` for all its jobs.
 //! 3. **Submit**: `POST /prompt` with the job id as `prompt_id` and the instance's `clientId`. A 400 is the
@@ -27,7 +30,8 @@ mod instance;
 mod job;
 mod rewrite;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,8 +41,8 @@ use tokio_util::sync::CancellationToken;
 pub use config::{ComfyUiConfig, InstanceConfig};
 pub use instance::InstanceStatus;
 pub use rewrite::{
-    DEFAULT_PREFIX, OutputPlan, PREFIX_CLASSES, PREFIX_ROOT, PlannedFile, job_prefix, plan_outputs,
-    rewrite_workflow, strip_job_prefix,
+    CACHE_MARKER_INPUT, DEFAULT_PREFIX, OutputPlan, PREFIX_CLASSES, PREFIX_ROOT, PREVIEW_CLASSES,
+    PlannedFile, job_prefix, mark_outputs, plan_outputs, rewrite_workflow, strip_job_prefix,
 };
 
 use crate::error::{Error, Result};
@@ -54,6 +58,9 @@ pub struct ComfyUiProvider {
     config: Arc<ComfyUiConfig>,
     instances: Vec<Arc<Instance>>,
     stop: CancellationToken,
+    /// Jobs to run with ComfyUI's cache bypassed for every node: an attempt of theirs was answered
+    /// from the cache with another prompt's files anyway (see [`mark_outputs`]).
+    uncached: Arc<Mutex<HashSet<JobId>>>,
 }
 
 impl std::fmt::Debug for ComfyUiProvider {
@@ -116,6 +123,7 @@ impl ComfyUiProvider {
             config,
             instances,
             stop,
+            uncached: Arc::default(),
         })
     }
 
@@ -172,8 +180,21 @@ impl InferenceProvider for ComfyUiProvider {
     }
 
     async fn submit(&self, job: &Job) -> Result<ProviderEventStream, ProviderError> {
-        let workflow = rewrite_workflow(&job.spec.workflow, job.id, &self.config.extra_prefix_classes)
+        let mut workflow = rewrite_workflow(&job.spec.workflow, job.id, &self.config.extra_prefix_classes)
             .map_err(|f| ProviderError::Rejected(*f))?;
+        // Taken out once used: the set stays as small as the number of such retries in flight.
+        let uncached = self
+            .uncached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&job.id);
+        let marker = format!("{}/{}", job.id, job.attempts);
+        mark_outputs(
+            &mut workflow,
+            &marker,
+            &self.config.extra_prefix_classes,
+            uncached,
+        );
         let prompt_id = job.id.to_string();
         let extra_data = job.spec.extra_data.is_object().then_some(&job.spec.extra_data);
         let mut problems = Vec::new();
@@ -194,6 +215,7 @@ impl InferenceProvider for ComfyUiProvider {
                         Arc::clone(&instance),
                         registration,
                         self.config.reconnect_grace,
+                        Arc::clone(&self.uncached),
                     );
                     run.warn_node_errors(response.node_errors);
                     return Ok(run.into_stream());

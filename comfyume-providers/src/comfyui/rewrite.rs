@@ -16,6 +16,10 @@
 //! written by this job. A preview node that ComfyUI served from its cache re-reports an earlier prompt's
 //! file, possibly another user's, so it is refused. Skipping (rather than failing the job) is deliberate:
 //! two users running the same graph must both succeed, and neither may receive the other's file.
+//!
+//! **Cache marker** ([`mark_outputs`]): so that such a refusal never leaves a job short of outputs, every
+//! output node gets an extra input unique to the job's attempt, which ComfyUI ignores except in its cache
+//! key: output nodes always run, while the expensive nodes upstream of them stay cached.
 
 use comfyume_core::sink::{safe_file_name, safe_relative_path};
 use comfyume_core::{Failure, FailureKind, JobId, OutputKind};
@@ -59,6 +63,73 @@ pub const PREFIX_CLASSES: &[&str] = &[
     "SavePointCloud",
     "SaveText",
 ];
+
+/// Output nodes of ComfyUI 0.33.0 (from its `/object_info`) that take no `filename_prefix`: previews and
+/// the like. [`mark_outputs`] marks them so that ComfyUI's cache never answers them with an earlier
+/// prompt's files.
+pub const PREVIEW_CLASSES: &[&str] = &[
+    "PreviewImage",
+    "MaskPreview",
+    "PreviewAudio",
+    "PreviewAny",
+    "Preview3D",
+    "Preview3DAdvanced",
+    "PreviewGaussianSplat",
+    "PreviewPointCloud",
+    "ImageCompare",
+    "ImageCompositor",
+    "CreateBoundingBoxes",
+    "SAM3_TrackPreview",
+    "SaveLoRA",
+    "SaveTrainingDataset",
+    "SaveImageWebsocket",
+];
+
+/// The input [`mark_outputs`] adds. ComfyUI validates and passes to a node only the inputs its class
+/// declares, so the node never sees it; but its cache key covers every input of the node, so the node
+/// (and everything downstream of it) is never answered from the cache of another job or attempt.
+pub const CACHE_MARKER_INPUT: &str = "comfyume_run";
+
+/// Marks the output nodes of a workflow with `marker` (one per job attempt, e.g. `<job id>/<attempt>`)
+/// in the input [`CACHE_MARKER_INPUT`], so that they really run in this prompt: ComfyUI re-reports a
+/// cached output node's earlier result, and for a preview that is an earlier prompt's file (possibly
+/// another user's, with their workflow in its metadata) which comfyume must refuse — the job would
+/// succeed with fewer outputs than its graph makes. Upstream nodes (model loaders, samplers) are not
+/// touched and stay cached.
+///
+/// Marked: nodes of the classes in [`PREFIX_CLASSES`], [`PREVIEW_CLASSES`] and `extra_classes`, and
+/// every node no other node takes input from (which is where a custom output node sits). With
+/// `every_node`, all nodes are marked: nothing of the job comes from the cache (the fallback when a
+/// cached output slipped through anyway).
+pub fn mark_outputs(workflow: &mut Value, marker: &str, extra_classes: &[String], every_node: bool) {
+    let Some(nodes) = workflow.as_object_mut() else {
+        return;
+    };
+    let mut consumed = std::collections::HashSet::new();
+    for node in nodes.values() {
+        let inputs = node.get("inputs").and_then(Value::as_object);
+        for value in inputs.into_iter().flat_map(|i| i.values()) {
+            if let Some([Value::String(from), _]) = value.as_array().map(Vec::as_slice) {
+                consumed.insert(from.clone());
+            }
+        }
+    }
+    for (id, node) in nodes.iter_mut() {
+        let Some(obj) = node.as_object_mut() else {
+            continue;
+        };
+        let class = obj.get("class_type").and_then(Value::as_str).unwrap_or_default();
+        let output_class = PREFIX_CLASSES.contains(&class)
+            || PREVIEW_CLASSES.contains(&class)
+            || extra_classes.iter().any(|e| e == class);
+        if !(every_node || output_class || !consumed.contains(id)) {
+            continue;
+        }
+        if let Some(inputs) = obj.get_mut("inputs").and_then(Value::as_object_mut) {
+            inputs.insert(CACHE_MARKER_INPUT.into(), Value::String(marker.to_string()));
+        }
+    }
+}
 
 /// `comfyume/<job_id>`: where one job's files live on an instance.
 pub fn job_prefix(job: JobId) -> String {
@@ -184,6 +255,9 @@ pub struct OutputPlan {
     pub values: Vec<(String, Value)>,
     /// Files left out, with the reason (for the log only: their names belong to someone else).
     pub refused: Vec<String>,
+    /// True when a file was left out because ComfyUI answered the node from its cache with an earlier
+    /// prompt's file: the job has fewer outputs than its graph makes and must run again uncached.
+    pub refused_cached: bool,
 }
 
 /// Sorts one node's output into files to deliver and files to refuse (see the module docs).
@@ -225,7 +299,10 @@ pub fn plan_outputs(output: &Value, prefix: &str, node_cached: bool) -> OutputPl
                         kind,
                     });
                 }
-                Err(why) => plan.refused.push(format!("{media}: {why}")),
+                Err(why) => {
+                    plan.refused_cached |= why == CACHED_ELSEWHERE;
+                    plan.refused.push(format!("{media}: {why}"));
+                }
             }
         }
         if !plain.is_empty() {
@@ -236,6 +313,9 @@ pub fn plan_outputs(output: &Value, prefix: &str, node_cached: bool) -> OutputPl
     plan.output = Value::Object(user_output);
     plan
 }
+
+/// Why a file of a node ComfyUI served from its cache is refused.
+const CACHED_ELSEWHERE: &str = "a cached output of an earlier prompt";
 
 fn accept(
     item: &Value,
@@ -254,7 +334,7 @@ fn accept(
     let subfolder = match strip_job_prefix(&normalised, prefix) {
         Some(rest) => rest.to_string(),
         None if kind == OutputKind::Temp && !node_cached => normalised.clone(),
-        None if node_cached => return Err("a cached output of an earlier prompt".into()),
+        None if node_cached => return Err(CACHED_ELSEWHERE.into()),
         None => return Err("written outside this job's prefix".into()),
     };
     if safe_file_name(filename).is_err() || safe_relative_path(&subfolder).is_err() {

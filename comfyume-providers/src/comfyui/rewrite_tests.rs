@@ -201,3 +201,43 @@ fn strip_job_prefix_needs_a_whole_component() {
     assert_eq!(strip_job_prefix("comfyume/ab", "comfyume/a"), None);
     assert_eq!(strip_job_prefix("gw", "comfyume/a"), None);
 }
+
+#[test]
+fn output_and_terminal_nodes_are_marked_upstream_nodes_are_not() {
+    let mut wf = json!({
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "m.safetensors"}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": 8}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+        "4": {"class_type": "ImageInvert", "inputs": {"image": ["3", 0]}},
+        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "x"}},
+        "6": {"class_type": "MyCustomSaver", "inputs": {"images": ["2", 0], "model": ["1", 0]}},
+        "7": {"class_type": "Odd", "inputs": "not an object"}
+    });
+    mark_outputs(&mut wf, "job/1", &[], false);
+    let marked = |wf: &serde_json::Value| -> Vec<String> {
+        let mut ids: Vec<String> = wf
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, n)| n.pointer(&format!("/inputs/{CACHE_MARKER_INPUT}")).is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    // A preview with consumers (3), a save node (5), and a custom node nothing reads from (6).
+    assert_eq!(marked(&wf), ["3", "5", "6"]);
+    assert_eq!(wf["3"]["inputs"][CACHE_MARKER_INPUT], "job/1");
+    assert_eq!(wf["7"]["inputs"], "not an object");
+    mark_outputs(&mut wf, "job/2", &[], true);
+    assert_eq!(marked(&wf), ["1", "2", "3", "4", "5", "6"]);
+    assert_eq!(wf["1"]["inputs"][CACHE_MARKER_INPUT], "job/2");
+}
+
+#[test]
+fn a_refused_cached_file_is_told_apart() {
+    let p = job_prefix(JobId::new());
+    let output = json!({"images": [{"filename": "x.png", "subfolder": "gw", "type": "output"}]});
+    assert!(!plan_outputs(&output, &p, false).refused_cached);
+    assert!(plan_outputs(&output, &p, true).refused_cached);
+}
