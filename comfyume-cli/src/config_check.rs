@@ -101,7 +101,9 @@ pub fn summary(c: &ServerConfig) -> Vec<String> {
         .filter(|_| !c.providers.is_empty())
     {
         match p {
-            ProviderSection::Comfyui { name, urls, slots } => lines.push(format!(
+            ProviderSection::Comfyui {
+                name, urls, slots, ..
+            } => lines.push(format!(
                 "provider:    {name}: ComfyUI x{} ({}), {slots} slot(s) each",
                 urls.len(),
                 urls.join(", ")

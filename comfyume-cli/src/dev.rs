@@ -106,9 +106,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the bound address")?;
     let workers = start_workers(&args).await?;
     let urls: Vec<String> = workers.iter().map(SimWorker::base_url).collect();
+    // The workers' output directories are on this host: jobs' files there go once stored.
+    let instances = workers
+        .iter()
+        .map(|w| InstanceConfig {
+            output_dir: Some(w.output_dir().join("output")),
+            ..InstanceConfig::new(w.base_url())
+        })
+        .collect();
     let pool = ComfyUiConfig {
         name: "simulated".into(),
-        instances: urls.iter().map(|u| InstanceConfig::new(u.clone())).collect(),
+        instances,
         ..ComfyUiConfig::default()
     };
     let provider: Arc<dyn InferenceProvider> = Arc::new(ComfyUiProvider::start(pool).await?);

@@ -33,14 +33,21 @@ pub async fn providers(config: &ServerConfig) -> anyhow::Result<Vec<Arc<dyn Infe
     let mut out: Vec<Arc<dyn InferenceProvider>> = Vec::new();
     for section in config.providers_or_default() {
         match section {
-            ProviderSection::Comfyui { name, urls, slots } => {
+            ProviderSection::Comfyui {
+                name,
+                urls,
+                slots,
+                output_dirs,
+            } => {
                 let pool = ComfyUiConfig {
                     name: name.clone(),
                     instances: urls
                         .iter()
-                        .map(|url| InstanceConfig {
+                        .enumerate()
+                        .map(|(i, url)| InstanceConfig {
                             url: url.clone(),
                             slots,
+                            output_dir: output_dirs.get(i).filter(|d| !d.as_os_str().is_empty()).cloned(),
                         })
                         .collect(),
                     ..ComfyUiConfig::default()

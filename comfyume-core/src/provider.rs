@@ -178,6 +178,14 @@ pub trait InferenceProvider: Send + Sync {
         Ok(())
     }
 
+    /// comfyume has recorded how an attempt of `job` ended (its outputs, if any, are stored in the
+    /// owner's space): the provider may drop what it still keeps for it (ComfyUI's history entry, the
+    /// output files on the instance). Called once per recorded attempt, in the background; errors are
+    /// the provider's to log. The default keeps nothing, so does nothing.
+    async fn cleanup(&self, job: JobId) {
+        let _ = job;
+    }
+
     /// Checks whether the provider can take jobs. The default, for providers that are always up (in the
     /// same process), is [`Health::Healthy`]; a provider that talks to anything remote must override it.
     async fn health(&self) -> Health {
@@ -187,5 +195,14 @@ pub trait InferenceProvider: Send + Sync {
     /// How long to wait between health checks of this provider.
     fn health_interval(&self) -> Duration {
         Duration::from_secs(10)
+    }
+
+    /// Resolves when the provider's health may have changed (a connection to its backend closed or
+    /// came back), so the dispatcher checks [`InferenceProvider::health`] at once instead of at the next
+    /// [`InferenceProvider::health_interval`]: `/ready` and dispatch notice a dead backend within
+    /// moments. Called by one task at a time; a change that happens while nobody waits must still wake
+    /// the next call. The default never resolves (health is polled only).
+    async fn health_changed(&self) {
+        std::future::pending::<()>().await
     }
 }

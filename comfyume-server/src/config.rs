@@ -236,6 +236,12 @@ pub enum ProviderSection {
         /// Jobs each instance runs at once (ComfyUI runs one).
         #[serde(default = "one")]
         slots: usize,
+        /// Each instance's output directory (ComfyUI's `output/`), in the order of `urls`, when this
+        /// server can reach it (same host or a shared mount): a job's files there (`comfyume/<job>/`)
+        /// are deleted once stored in the owner's space. ComfyUI has no API to delete files, so without
+        /// it they stay. Empty (the default): nothing is deleted; an empty string skips one instance.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        output_dirs: Vec<PathBuf>,
     },
 }
 
@@ -365,7 +371,12 @@ impl ServerConfig {
         }
         let mut names = HashSet::new();
         for (i, provider) in self.providers.iter().enumerate() {
-            let ProviderSection::Comfyui { name, urls, slots } = provider;
+            let ProviderSection::Comfyui {
+                name,
+                urls,
+                slots,
+                output_dirs,
+            } = provider;
             if name.is_empty() || !names.insert(name.as_str()) {
                 return Err(bad(
                     &format!("providers[{i}].name"),
@@ -390,6 +401,16 @@ impl ServerConfig {
                 return Err(bad(
                     &format!("providers[{i}].slots"),
                     "must be at least 1".to_string(),
+                ));
+            }
+            if !output_dirs.is_empty() && output_dirs.len() != urls.len() {
+                return Err(bad(
+                    &format!("providers[{i}].output_dirs"),
+                    format!(
+                        "lists {} directories for {} urls (one per url, in the same order; \"\" for none)",
+                        output_dirs.len(),
+                        urls.len()
+                    ),
                 ));
             }
         }
@@ -419,6 +440,7 @@ impl ServerConfig {
                 name: default_provider_name(),
                 urls: vec!["http://127.0.0.1:8188".to_string()],
                 slots: 1,
+                output_dirs: Vec::new(),
             }]
         } else {
             self.providers.clone()
@@ -558,6 +580,16 @@ mod tests {
             text.contains("providers[0].urls[0]") && text.contains("comfyume.toml"),
             "{text}"
         );
+
+        let path = write(
+            dir.path(),
+            "[[providers]]\nkind = \"comfyui\"\nurls = [\"http://a:8188\", \"http://b:8188\"]\n\
+             output_dirs = [\"/srv/a/output\"]\n",
+        );
+        let text = ServerConfig::load_with_env(Some(&path), &Overrides::default(), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("providers[0].output_dirs"), "{text}");
 
         let missing = dir.path().join("nope.toml");
         let text = ServerConfig::load_with_env(Some(&missing), &Overrides::default(), no_env())

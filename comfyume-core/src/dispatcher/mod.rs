@@ -582,6 +582,8 @@ impl Inner {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(slot.provider.health_interval()) => {}
+                // A provider that knows its backend just went away (or came back) says so at once.
+                _ = slot.provider.health_changed() => {}
                 _ = self.stop.cancelled() => return,
             }
             let health = slot.provider.health().await;

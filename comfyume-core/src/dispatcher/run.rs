@@ -239,6 +239,7 @@ impl JobRun {
         };
         let mut retry_at: Option<Timestamp> = None;
         let mut requeue_now = false;
+        let lease_lost = matches!(outcome, Outcome::LeaseLost);
         let recorded = match outcome {
             Outcome::Succeeded(outputs) => {
                 inner
@@ -312,6 +313,12 @@ impl JobRun {
             }
         };
         match recorded {
+            // Recorded: what the provider still keeps of this attempt can go (never before: a crash
+            // between the two must find the attempt's result still on the provider).
+            Ok(()) if !lease_lost => {
+                let provider = Arc::clone(&self.provider);
+                inner.tasks.spawn(async move { provider.cleanup(id).await });
+            }
             Ok(()) => {}
             Err(Error::StaleLease(_)) => {
                 tracing::warn!(job = %id, "lease was lost before the result was recorded; the job runs again");

@@ -1,6 +1,7 @@
 //! Settings of a [`super::ComfyUiProvider`]: plain structs with defaults; the binary fills them from its
 //! config file.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// One ComfyUI instance of the pool.
@@ -12,6 +13,12 @@ pub struct InstanceConfig {
     /// charge; 2 lets the next prompt wait on the box (no upload gap between jobs) at the cost of one job
     /// being committed to that box early.
     pub slots: usize,
+    /// The instance's own output directory (ComfyUI's `--output-directory`, by default
+    /// `ComfyUI/output`), when comfyume can reach it: on the same host or through a shared mount.
+    /// ComfyUI has no API to delete files, so without it a job's files stay on the instance under
+    /// `comfyume/<job id>/` for good; with it, comfyume deletes that folder once the job's outputs are
+    /// stored in the owner's space.
+    pub output_dir: Option<PathBuf>,
 }
 
 impl InstanceConfig {
@@ -20,6 +27,7 @@ impl InstanceConfig {
         Self {
             url: url.into(),
             slots: 1,
+            output_dir: None,
         }
     }
 }

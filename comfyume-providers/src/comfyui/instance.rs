@@ -12,12 +12,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::config::ComfyUiConfig;
+use super::config::{ComfyUiConfig, InstanceConfig};
+use super::rewrite::PREFIX_ROOT;
 use crate::protocol::{ComfyClient, Frame, ServerMessage, WsConnection};
+use comfyume_core::JobId;
 
 /// What an instance tells one of its jobs.
 #[derive(Debug)]
@@ -73,7 +75,11 @@ pub(crate) struct Instance {
     pub(crate) client: ComfyClient,
     pub(crate) client_id: String,
     pub(crate) slots: usize,
+    /// Its output directory, when comfyume can reach it (see `InstanceConfig::output_dir`).
+    pub(crate) output_dir: Option<std::path::PathBuf>,
     state: Mutex<State>,
+    /// Woken whenever the instance enters or leaves rotation (shared by the pool).
+    changed: Arc<Notify>,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -93,13 +99,23 @@ impl Drop for JobGuard {
 }
 
 impl Instance {
-    pub(crate) fn new(url: String, client: ComfyClient, slots: usize) -> Self {
+    pub(crate) fn new(config: &InstanceConfig, client: ComfyClient, changed: Arc<Notify>) -> Self {
         Self {
-            url,
+            url: config.url.clone(),
             client,
             client_id: uuid::Uuid::new_v4().simple().to_string(),
-            slots,
+            slots: config.slots,
+            output_dir: config.output_dir.clone(),
             state: Mutex::new(State::default()),
+            changed,
+        }
+    }
+
+    /// Tells the pool's watcher the instance entered or left rotation (a permit is kept if nobody
+    /// waits, so the change is never missed).
+    fn rotation_changed(&self, before: bool, st: &State) {
+        if before != (st.connected && st.healthy) {
+            self.changed.notify_one();
         }
     }
 
@@ -163,8 +179,10 @@ impl Instance {
     /// The instance failed a request: out of rotation until the next good health check.
     pub(crate) fn mark_unhealthy(&self, reason: &str) {
         let mut st = lock(&self.state);
+        let before = st.connected && st.healthy;
         st.healthy = false;
         st.last_error = Some(reason.to_string());
+        self.rotation_changed(before, &st);
     }
 
     /// Sends a frame to the job it is about.
@@ -224,7 +242,9 @@ impl Instance {
 
     pub(crate) fn set_connected(&self) {
         let mut st = lock(&self.state);
+        let before = st.connected && st.healthy;
         st.connected = true;
+        self.rotation_changed(before, &st);
         if st.healthy {
             st.last_error = None;
         }
@@ -236,7 +256,9 @@ impl Instance {
 
     fn set_disconnected(&self, reason: &str) {
         let mut st = lock(&self.state);
+        let before = st.connected && st.healthy;
         st.connected = false;
+        self.rotation_changed(before, &st);
         st.running = None;
         st.last_error = Some(format!("websocket: {reason}"));
         for job in st.jobs.values_mut() {
@@ -255,6 +277,41 @@ impl Instance {
         }
     }
 
+    /// Drops what the instance keeps of a job whose result comfyume has recorded: its history entry,
+    /// and its files under `comfyume/<job id>/` when the output directory is reachable. Best effort:
+    /// problems are logged (a job that never ran here has nothing to drop).
+    pub(crate) async fn forget(&self, job: JobId, timeout: Duration) {
+        let prompt_id = job.to_string();
+        if self.usable() {
+            match tokio::time::timeout(timeout, self.client.delete_history(&[&prompt_id])).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(instance = %self.url, job = %prompt_id, error = %e, "could not drop a history entry")
+                }
+                Err(_) => {
+                    tracing::debug!(instance = %self.url, job = %prompt_id, "dropping a history entry timed out")
+                }
+            }
+        }
+        let Some(root) = &self.output_dir else {
+            return;
+        };
+        // The job id is a UUID: the path cannot leave the output directory.
+        let dir = root.join(PREFIX_ROOT).join(&prompt_id);
+        let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("{}: {e}", dir.display())),
+            _ => Ok(()),
+        })
+        .await;
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(instance = %self.url, error = %e, "could not delete a job's files on the instance")
+            }
+            Err(e) => tracing::warn!(instance = %self.url, error = %e, "deleting a job's files failed"),
+        }
+    }
+
     /// One `/system_stats` check; a failure loses the instance's jobs.
     pub(crate) async fn check_health(&self, timeout: Duration) {
         let result = match tokio::time::timeout(timeout, self.client.system_stats()).await {
@@ -263,6 +320,7 @@ impl Instance {
             Err(_) => Err(format!("/system_stats did not answer within {timeout:?}")),
         };
         let mut st = lock(&self.state);
+        let before = st.connected && st.healthy;
         match result {
             Ok(()) => {
                 if !st.healthy {
@@ -285,6 +343,7 @@ impl Instance {
                 st.last_error = Some(reason);
             }
         }
+        self.rotation_changed(before, &st);
     }
 
     pub(crate) async fn health_loop(self: Arc<Self>, config: Arc<ComfyUiConfig>, stop: CancellationToken) {

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use comfyume_core::{Capacity, Health, InferenceProvider, Job, JobId, ProviderError, ProviderEventStream};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{ComfyUiConfig, InstanceConfig};
@@ -58,6 +59,8 @@ pub struct ComfyUiProvider {
     config: Arc<ComfyUiConfig>,
     instances: Vec<Arc<Instance>>,
     stop: CancellationToken,
+    /// Woken when an instance enters or leaves rotation (see `health_changed`).
+    health_changed: Arc<Notify>,
     /// Jobs to run with ComfyUI's cache bypassed for every node: an attempt of theirs was answered
     /// from the cache with another prompt's files anyway (see [`mark_outputs`]).
     uncached: Arc<Mutex<HashSet<JobId>>>,
@@ -89,13 +92,14 @@ impl ComfyUiProvider {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| Error::Config(format!("cannot build an HTTP client: {e}")))?;
+        let health_changed = Arc::new(Notify::new());
         let mut instances = Vec::with_capacity(config.instances.len());
         for ic in &config.instances {
             if ic.slots == 0 {
                 return Err(Error::Config(format!("instance {} has 0 slots", ic.url)));
             }
             let client = ComfyClient::with_http(&ic.url, http.clone())?;
-            instances.push(Arc::new(Instance::new(ic.url.clone(), client, ic.slots)));
+            instances.push(Arc::new(Instance::new(ic, client, Arc::clone(&health_changed))));
         }
         let config = Arc::new(config);
         let stop = CancellationToken::new();
@@ -123,6 +127,7 @@ impl ComfyUiProvider {
             config,
             instances,
             stop,
+            health_changed,
             uncached: Arc::default(),
         })
     }
@@ -258,6 +263,13 @@ impl InferenceProvider for ComfyUiProvider {
         Ok(())
     }
 
+    /// Drops the job's history entry on every instance and, where the instance's output directory is
+    /// configured, its files under `comfyume/<job id>/`: ComfyUI has no API to delete files.
+    async fn cleanup(&self, job: JobId) {
+        let timeout = self.config.health_timeout;
+        futures::future::join_all(self.instances.iter().map(|i| i.forget(job, timeout))).await;
+    }
+
     async fn health(&self) -> Health {
         let down: Vec<String> = self
             .instances
@@ -287,5 +299,11 @@ impl InferenceProvider for ComfyUiProvider {
 
     fn health_interval(&self) -> Duration {
         self.config.health_interval
+    }
+
+    /// An instance's websocket closing (or a failed request, or a health check) takes it out of
+    /// rotation at once; this wakes the dispatcher to look, so `/ready` follows within moments.
+    async fn health_changed(&self) {
+        self.health_changed.notified().await;
     }
 }

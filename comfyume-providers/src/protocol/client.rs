@@ -226,6 +226,12 @@ impl ComfyClient {
             .await
     }
 
+    /// `POST /history {"delete": [ids]}`: forgets ended prompts (ComfyUI keeps up to 10 000 otherwise).
+    pub async fn delete_history(&self, prompt_ids: &[&str]) -> Result<()> {
+        self.post_empty("history", &serde_json::json!({ "delete": prompt_ids }))
+            .await
+    }
+
     /// `GET /system_stats`: the health check.
     pub async fn system_stats(&self) -> Result<Value> {
         self.get_json("system_stats").await

@@ -81,6 +81,7 @@ pub fn quick_config(urls: &[(String, usize)]) -> ComfyUiConfig {
         instances: urls
             .iter()
             .map(|(url, slots)| InstanceConfig {
+                output_dir: None,
                 url: url.clone(),
                 slots: *slots,
             })

@@ -95,7 +95,7 @@ pub fn credentials(config: &ServerConfig) -> HashMap<&'static str, String> {
 }
 
 /// Provider settings that notice a worker within a fraction of a second.
-fn pool(urls: &[String]) -> ComfyUiConfig {
+pub fn pool(urls: &[String]) -> ComfyUiConfig {
     ComfyUiConfig {
         name: "sim".into(),
         health_interval: Duration::from_millis(200),
@@ -119,13 +119,17 @@ pub struct Server {
 impl Server {
     /// Builds a server over one `ComfyUiProvider` of the given worker URLs and serves it.
     pub async fn start(config: ServerConfig, workers: &[String]) -> Server {
+        Server::start_with(config, pool(workers)).await
+    }
+
+    /// Builds a server over one `ComfyUiProvider` with these settings and serves it.
+    pub async fn start_with(config: ServerConfig, pool: ComfyUiConfig) -> Server {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         let data_dir = config.data_dir.clone();
-        let pool = pool(workers);
         let (url_tx, url_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let handle = runtime.spawn(async move {
