@@ -38,6 +38,7 @@ pub async fn providers(config: &ServerConfig) -> anyhow::Result<Vec<Arc<dyn Infe
                 urls,
                 slots,
                 output_dirs,
+                ca_file,
             } => {
                 let pool = ComfyUiConfig {
                     name: name.clone(),
@@ -50,6 +51,7 @@ pub async fn providers(config: &ServerConfig) -> anyhow::Result<Vec<Arc<dyn Infe
                             output_dir: output_dirs.get(i).filter(|d| !d.as_os_str().is_empty()).cloned(),
                         })
                         .collect(),
+                    ca_file,
                     ..ComfyUiConfig::default()
                 };
                 let provider = ComfyUiProvider::start(pool)

@@ -242,6 +242,10 @@ pub enum ProviderSection {
         /// it they stay. Empty (the default): nothing is deleted; an empty string skips one instance.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         output_dirs: Vec<PathBuf>,
+        /// A PEM file of certificate authorities to trust for `https://` instances besides the public
+        /// ones (a ComfyUI behind a TLS proxy with a self-signed or internal certificate).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -376,6 +380,7 @@ impl ServerConfig {
                 urls,
                 slots,
                 output_dirs,
+                ca_file,
             } = provider;
             if name.is_empty() || !names.insert(name.as_str()) {
                 return Err(bad(
@@ -401,6 +406,14 @@ impl ServerConfig {
                 return Err(bad(
                     &format!("providers[{i}].slots"),
                     "must be at least 1".to_string(),
+                ));
+            }
+            if let Some(path) = ca_file
+                && !path.is_file()
+            {
+                return Err(bad(
+                    &format!("providers[{i}].ca_file"),
+                    format!("{} is not a file", path.display()),
                 ));
             }
             if !output_dirs.is_empty() && output_dirs.len() != urls.len() {
@@ -441,6 +454,7 @@ impl ServerConfig {
                 urls: vec!["http://127.0.0.1:8188".to_string()],
                 slots: 1,
                 output_dirs: Vec::new(),
+                ca_file: None,
             }]
         } else {
             self.providers.clone()

@@ -54,6 +54,9 @@ pub struct ComfyUiConfig {
     /// How long a running job waits for its instance's websocket to come back before it is failed as
     /// "provider unavailable" (and retried elsewhere by the dispatcher).
     pub reconnect_grace: Duration,
+    /// A PEM file of certificate authorities to trust for `https://` instances, besides the public
+    /// ones: a ComfyUI behind a TLS proxy with a self-signed or internal certificate.
+    pub ca_file: Option<PathBuf>,
     /// More node classes whose `filename_prefix` must be set even when a workflow leaves it out
     /// (custom save nodes); the built-in list is [`super::PREFIX_CLASSES`].
     pub extra_prefix_classes: Vec<String>,
@@ -71,6 +74,7 @@ impl Default for ComfyUiConfig {
             reconnect_min: Duration::from_millis(250),
             reconnect_max: Duration::from_secs(10),
             reconnect_grace: Duration::from_secs(10),
+            ca_file: None,
             extra_prefix_classes: Vec::new(),
         }
     }

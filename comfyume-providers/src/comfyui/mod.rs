@@ -86,19 +86,15 @@ impl ComfyUiProvider {
                 config.name
             )));
         }
-        let http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| Error::Config(format!("cannot build an HTTP client: {e}")))?;
+        let tls = crate::protocol::tls::client_config(config.ca_file.as_deref())?;
+        let http = ComfyClient::http_client(config.request_timeout, config.connect_timeout, &tls)?;
         let health_changed = Arc::new(Notify::new());
         let mut instances = Vec::with_capacity(config.instances.len());
         for ic in &config.instances {
             if ic.slots == 0 {
                 return Err(Error::Config(format!("instance {} has 0 slots", ic.url)));
             }
-            let client = ComfyClient::with_http(&ic.url, http.clone())?;
+            let client = ComfyClient::with_http_and_tls(&ic.url, http.clone(), Arc::clone(&tls))?;
             instances.push(Arc::new(Instance::new(ic, client, Arc::clone(&health_changed))));
         }
         let config = Arc::new(config);

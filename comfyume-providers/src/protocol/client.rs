@@ -5,6 +5,7 @@
 //! (reqwest adds none by itself, and nothing here sets one). The tests check the requests on the wire.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -126,23 +127,48 @@ pub struct UploadedFile {
 pub struct ComfyClient {
     base: Url,
     http: reqwest::Client,
+    /// TLS of the websocket of an `https://` instance (the HTTP client carries its own).
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl ComfyClient {
     /// A client for the ComfyUI at `base_url` (`http://host:8188`, optionally with a path prefix), with
     /// a timeout per request and per connection attempt.
     pub fn new(base_url: &str, request_timeout: Duration, connect_timeout: Duration) -> Result<Self> {
-        let http = reqwest::Client::builder()
+        let tls = super::tls::client_config(None)?;
+        let http = Self::http_client(request_timeout, connect_timeout, &tls)?;
+        Self::with_http_and_tls(base_url, http, tls)
+    }
+
+    /// An HTTP client with these timeouts that speaks TLS with `tls`: what [`ComfyClient::new`] uses,
+    /// for sharing one connection pool between the clients of several instances.
+    pub fn http_client(
+        request_timeout: Duration,
+        connect_timeout: Duration,
+        tls: &rustls::ClientConfig,
+    ) -> Result<reqwest::Client> {
+        reqwest::Client::builder()
             .timeout(request_timeout)
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
+            .use_preconfigured_tls(tls.clone())
             .build()
-            .map_err(|e| Error::Config(format!("cannot build an HTTP client: {e}")))?;
-        Self::with_http(base_url, http)
+            .map_err(|e| Error::Config(format!("cannot build an HTTP client: {e}")))
     }
 
-    /// A client that shares an existing `reqwest::Client`.
+    /// A client that shares an existing `reqwest::Client`; its websocket trusts the public certificate
+    /// authorities only.
     pub fn with_http(base_url: &str, http: reqwest::Client) -> Result<Self> {
+        Self::with_http_and_tls(base_url, http, super::tls::client_config(None)?)
+    }
+
+    /// A client that shares an existing `reqwest::Client`, its websocket speaking TLS with `tls` (give
+    /// the HTTP client the same, see [`ComfyClient::http_client`]).
+    pub fn with_http_and_tls(
+        base_url: &str,
+        http: reqwest::Client,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Self> {
         let mut base =
             Url::parse(base_url).map_err(|e| Error::Config(format!("'{base_url}' is not a URL: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
@@ -156,7 +182,12 @@ impl ComfyClient {
         }
         base.set_query(None);
         base.set_fragment(None);
-        Ok(Self { base, http })
+        Ok(Self { base, http, tls })
+    }
+
+    /// The TLS configuration of the websocket.
+    pub fn tls(&self) -> &Arc<rustls::ClientConfig> {
+        &self.tls
     }
 
     /// The instance's base URL (always ending in `/`).

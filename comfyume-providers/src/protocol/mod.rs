@@ -15,11 +15,13 @@
 //!    running.
 //!
 //! Nothing here sends an `Origin` header: ComfyUI's origin guard refuses a mismatched one with 403.
+//! `https://` instances are reached over TLS (rustls) for both HTTP and the websocket ([`tls`]).
 
 mod binary;
 mod client;
 mod failure;
 mod messages;
+pub mod tls;
 mod ws;
 
 pub use binary::{BinaryFrame, PreviewFormat, PreviewMetadata};

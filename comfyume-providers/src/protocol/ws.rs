@@ -5,6 +5,7 @@
 //! include `supports_progress_text_metadata`, type-3 text frames carry the prompt id and are parsed so.
 //! Like the HTTP client, the handshake sends no `Origin` header.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -51,9 +52,11 @@ impl WsConnection {
     pub async fn connect(client: &ComfyClient, client_id: &str, timeout: Duration) -> Result<Self> {
         let url = client.ws_url(client_id)?;
         let opening = async {
-            let (mut stream, _) = tokio_tungstenite::connect_async(url.as_str())
-                .await
-                .map_err(|e| Error::unreachable(&url, e))?;
+            let tls = tokio_tungstenite::Connector::Rustls(Arc::clone(client.tls()));
+            let (mut stream, _) =
+                tokio_tungstenite::connect_async_tls_with_config(url.as_str(), None, false, Some(tls))
+                    .await
+                    .map_err(|e| Error::unreachable(&url, e))?;
             stream
                 .send(Message::text(CLIENT_FEATURES))
                 .await
