@@ -52,6 +52,9 @@ pub async fn providers(config: &ServerConfig) -> anyhow::Result<Vec<Arc<dyn Infe
                         })
                         .collect(),
                     ca_file,
+                    // The same websocket ids after a restart: the events of prompts submitted before
+                    // a crash come back to this server.
+                    client_id_seed: Some(comfyume_server::identity(config)),
                     ..ComfyUiConfig::default()
                 };
                 let provider = ComfyUiProvider::start(pool)

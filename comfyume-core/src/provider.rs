@@ -178,6 +178,22 @@ pub trait InferenceProvider: Send + Sync {
         Ok(())
     }
 
+    /// Called before `job` is submitted again when comfyume lost track of its previous attempt on this
+    /// provider: a server stopped (a crash, kill -9) while it ran, and its lease was recovered. Says what
+    /// became of that attempt: still queued or running here → its events from here on, exactly as
+    /// [`InferenceProvider::submit`] gives them (the dispatcher follows them instead of submitting
+    /// again); ended here → its result as events (outputs, then the terminal event); no trace → `None`,
+    /// and the job is submitted as usual. A provider that can find the attempt but not follow it must
+    /// stop it and answer `None`, so that the job never runs twice at once. An error means the provider
+    /// could not be asked; the attempt fails as unavailable and is asked again on the next.
+    ///
+    /// The default, for providers whose work lives in the stream (gone with the process that held
+    /// it), is `None`.
+    async fn reattach(&self, job: &Job) -> Result<Option<ProviderEventStream>, ProviderError> {
+        let _ = job;
+        Ok(None)
+    }
+
     /// comfyume has recorded how an attempt of `job` ended (its outputs, if any, are stored in the
     /// owner's space): the provider may drop what it still keeps for it (ComfyUI's history entry, the
     /// output files on the instance). Called once per recorded attempt, in the background; errors are

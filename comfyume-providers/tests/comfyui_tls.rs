@@ -3,6 +3,8 @@
 //! `ComfyUiConfig::ca_file`, a job runs end to end (HTTP requests and the websocket over TLS); without
 //! it the instance is refused with a reason naming the certificate.
 
+#![allow(clippy::unwrap_used)]
+
 mod provider_support;
 
 use std::net::SocketAddr;

@@ -70,13 +70,7 @@ pub async fn build(
     };
     let auth = Auth::from_config(&config)?;
     let sink = LocalDirSink::new(&config.data_dir);
-    // Stable across restarts (the data directory's lock guarantees a single server under it), so a
-    // restarted server takes back at once the jobs it held when it stopped.
-    let dir = config
-        .data_dir
-        .canonicalize()
-        .unwrap_or_else(|_| config.data_dir.clone());
-    let holder = format!("comfyume@{}:{}", hostname(), dir.display());
+    let holder = identity(&config);
     let engine = Dispatcher::new(
         store,
         Arc::new(sink.clone()),
@@ -97,6 +91,19 @@ pub async fn build(
     let state = AppState::built(engine, auth, config, sink, (lock, overrides));
     state.spawn_background_tasks();
     Ok(state)
+}
+
+/// This server's name on the leases it holds: its host and its data directory. Stable across restarts
+/// (the data directory's lock guarantees a single server under it), so a restarted server takes back at
+/// once the jobs it held when it stopped. Providers use it too (a ComfyUI pool's websocket `clientId`
+/// seed), so that a restarted server gets the events of the prompts it had submitted.
+pub fn identity(config: &ServerConfig) -> String {
+    let dir = config
+        .data_dir
+        .canonicalize()
+        .or_else(|_| std::path::absolute(&config.data_dir))
+        .unwrap_or_else(|_| config.data_dir.clone());
+    format!("comfyume@{}:{}", hostname(), dir.display())
 }
 
 /// Every route of the server, over `state`.

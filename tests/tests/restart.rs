@@ -10,9 +10,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
+use comfyume_providers::sim::SimWorker;
 use comfyume_server::config::StoreBackend;
 use serde_json::Value;
-use support::{Api, Events, Server, config, credentials, files_under, fixture, sim, wait_for_end};
+use support::{
+    Api, Events, Server, config, credentials, eventually, files_under, fixture, sim, wait_for_end,
+};
 
 const JOBS: usize = 4;
 
@@ -107,12 +110,84 @@ async fn after_a_crash_mid_queue_every_job_is_recovered_and_finished_once() {
 
     let server = Server::start(config(dir.path(), StoreBackend::Sqlite), &[worker.base_url()]).await;
     let jobs = all_finished_once(&server, dir.path(), &tokens["alice"], &ids).await;
-    // The job that was running is recovered when its lease lapses, and runs again as a second attempt.
+    // The job that was running is recovered at once, as a second attempt: found again on the worker
+    // (running or ended there), not sent a second time.
     assert_eq!(jobs[0]["attempts"], 2, "{}", jobs[0]);
     for job in &jobs[1..] {
         assert_eq!(job["attempts"], 1, "{job}");
     }
+    let stats = worker.stats();
+    assert_eq!(
+        (stats.prompts_accepted, stats.executed, stats.interrupted),
+        (JOBS as u64, JOBS as u64, 0),
+        "each job ran exactly once on ComfyUI: {stats:?}"
+    );
     server.shut_down().await;
+}
+
+/// A server with one job running on a worker taking `exec` per job. Returns the server, alice's token
+/// and the job id, once the job has started.
+async fn one_running(dir: &Path, worker: &str) -> (Server, String, String) {
+    let config = config(dir, StoreBackend::Sqlite);
+    let tokens = credentials(&config);
+    let server = Server::start(config, &[worker.to_string()]).await;
+    let api = Api::new(&server.url);
+    let mut events = Events::open(&server.url, &tokens["alice"], "").await;
+    let id = api.submit(&tokens["alice"], &fixture("14_two_outputs")).await;
+    events
+        .until(|v| v["job_id"] == id.as_str() && v["type"] == "started")
+        .await;
+    (server, tokens["alice"].clone(), id)
+}
+
+/// The job ended with both its files in alice's space, and ran exactly once on the worker.
+async fn finished_once(server: &Server, dir: &Path, token: &str, id: &str, worker: &SimWorker) {
+    let api = Api::new(&server.url);
+    let job = wait_for_end(&api, token, id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["outputs"].as_array().unwrap().len(), 2, "{job}");
+    let stored = files_under(&dir.join(format!("users/alice/output/{id}")));
+    assert_eq!(stored, ["gw/two_a_00001_.png", "gw/two_b_00001_.png"], "{job}");
+    let stats = worker.stats();
+    assert_eq!(
+        (stats.prompts_accepted, stats.executed, stats.interrupted),
+        (1, 1, 0),
+        "the job ran exactly once on ComfyUI: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_comfyui_runs_a_job_the_server_follows_it_again_instead_of_sending_it_twice() {
+    // Long enough that the job still runs its later nodes when the new server is up.
+    let worker = sim(Duration::from_secs(4)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, token, id) = one_running(dir.path(), &worker.base_url()).await;
+    server.crash().await;
+    let server = Server::start(config(dir.path(), StoreBackend::Sqlite), &[worker.base_url()]).await;
+    let mut events = Events::open(&server.url, &token, &format!("?job={id}")).await;
+    // Live progress reaches watchers again: the prompt's websocket events come to the restarted
+    // server (it reconnects under the same clientId), not only its end read from the history.
+    let (event, _) = events.until(|v| v["type"] == "executing" || is_end(v)).await;
+    assert_eq!(event["type"], "executing", "{event}");
+    events.close().await;
+    finished_once(&server, dir.path(), &token, &id, &worker).await;
+    server.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_ended_on_comfyui_while_the_server_was_down_is_collected_from_its_history() {
+    let worker = sim(Duration::from_millis(300)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, token, id) = one_running(dir.path(), &worker.base_url()).await;
+    server.crash().await;
+    eventually("the worker to finish the job", || worker.stats().executed == 1).await;
+    let server = Server::start(config(dir.path(), StoreBackend::Sqlite), &[worker.base_url()]).await;
+    finished_once(&server, dir.path(), &token, &id, &worker).await;
+    server.shut_down().await;
+}
+
+fn is_end(event: &Value) -> bool {
+    support::is_terminal(event)
 }
 
 /// An instructor's settings through the admin API: the queue and bob held (or released), the policy,

@@ -16,6 +16,7 @@
 //! `tokio::time::pause()` without sleeping.
 
 mod config;
+mod recovery;
 mod run;
 #[cfg(test)]
 mod tests;
@@ -95,6 +96,8 @@ struct Inner {
     providers: Vec<ProviderSlot>,
     scheduler: Mutex<Scheduler>,
     running: Mutex<HashMap<JobId, Running>>,
+    /// Jobs whose last attempt ended unrecorded (see [`recovery`]).
+    lost: recovery::LostAttempts,
     bus: EventBus,
     clock: Clock,
     config: DispatcherConfig,
@@ -137,6 +140,7 @@ impl Dispatcher {
             providers,
             scheduler: Mutex::new(Scheduler::new(scheduler)),
             running: Mutex::new(HashMap::new()),
+            lost: recovery::LostAttempts::default(),
             bus: EventBus::new(config.event_capacity),
             clock: Clock::new(),
             config,
@@ -520,12 +524,17 @@ impl Inner {
                     match local {
                         // Our own run lost its lease; it requeues the job when it has stopped.
                         Some(lost) => lost.cancel(),
-                        None => self.restore(&job),
+                        // Someone else's run (or ours before a restart): its provider may still run it.
+                        None => {
+                            self.lost.note(&job);
+                            self.restore(&job);
+                        }
                     }
                 }
                 ReapOutcome::DeadLettered(job) => {
-                    if let Some(run) = lock(&self.running).get(&job.id) {
-                        run.lost.cancel();
+                    match lock(&self.running).get(&job.id) {
+                        Some(run) => run.lost.cancel(),
+                        None => self.stop_lost(&job),
                     }
                     if let JobState::Failed { failure } = &job.state {
                         tracing::error!(job = %job.id, reason = %failure, "job dead-lettered");
@@ -538,6 +547,9 @@ impl Inner {
                     }
                 }
                 ReapOutcome::Cancelled(job) => {
+                    if !lock(&self.running).contains_key(&job.id) {
+                        self.stop_lost(&job);
+                    }
                     let reason = match &job.state {
                         JobState::Cancelled { reason } => reason.clone(),
                         _ => "cancelled".to_string(),

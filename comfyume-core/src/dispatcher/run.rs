@@ -11,7 +11,7 @@ use super::{Inner, Running, lock};
 use crate::error::Error;
 use crate::event::EventKind;
 use crate::job::{Failure, FailureKind, Job, JobId, Timestamp};
-use crate::provider::{InferenceProvider, ProviderEvent};
+use crate::provider::{InferenceProvider, ProviderError, ProviderEvent, ProviderEventStream};
 use crate::sink::OutputRef;
 use crate::store::Lease;
 
@@ -97,7 +97,7 @@ impl JobRun {
         }
         let mut deadline = Instant::now() + config.start_timeout;
         let submitted = tokio::select! {
-            r = tokio::time::timeout_at(deadline, self.provider.submit(&self.job)) => r,
+            r = tokio::time::timeout_at(deadline, self.start_attempt()) => r,
             _ = self.cancel.cancelled() => return self.stop(Outcome::Cancelled).await,
             _ = self.lost.cancelled() => return self.stop(Outcome::LeaseLost).await,
             _ = self.inner.hand_back.cancelled() => return self.stop(Outcome::HandedBack).await,
@@ -196,6 +196,32 @@ impl JobRun {
                 ProviderEvent::Other { kind, data } => self.publish(EventKind::Other { kind, data }),
             }
         }
+    }
+
+    /// Submits the job, unless its previous attempt was lost on this very provider and the provider
+    /// still has it: then that attempt is followed (or its result collected) instead, so the job does
+    /// not run twice. A lost attempt on another provider is stopped there first.
+    async fn start_attempt(&self) -> Result<ProviderEventStream, ProviderError> {
+        if let Some(held_by) = self.inner.lost.take(self.job.id) {
+            if held_by == self.provider.name() {
+                match self.provider.reattach(&self.job).await {
+                    Ok(Some(stream)) => {
+                        tracing::info!(job = %self.job.id, provider = %held_by, "re-attached to the attempt that was running when the server stopped");
+                        return Ok(stream);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.inner.lost.put_back(self.job.id, held_by);
+                        return Err(e);
+                    }
+                }
+            } else if let Some(other) = self.inner.provider_named(&held_by)
+                && let Err(e) = other.cancel(self.job.id).await
+            {
+                tracing::warn!(job = %self.job.id, provider = %held_by, error = %e, "could not stop the lost attempt");
+            }
+        }
+        self.provider.submit(&self.job).await
     }
 
     fn timeout_failure(&self) -> Failure {

@@ -54,6 +54,16 @@ pub struct ComfyUiConfig {
     /// How long a running job waits for its instance's websocket to come back before it is failed as
     /// "provider unavailable" (and retried elsewhere by the dispatcher).
     pub reconnect_grace: Duration,
+    /// Makes the websocket `clientId` of each instance stable: derived from this seed, the pool's
+    /// name and the instance's URL. ComfyUI sends a prompt's events only to the socket of the
+    /// `clientId` it was submitted with, so a server restarted after a crash gets the events of the
+    /// prompts it had submitted only if it comes back under the same id. Give each comfyume server its
+    /// own stable seed (`comfyume serve` uses its data directory's identity). `None`: a random id per
+    /// start (a restarted server still finds its prompts, by polling their state).
+    pub client_id_seed: Option<String>,
+    /// How often a job re-attached after a restart checks its prompt's state on the instance, in case
+    /// its events do not reach this server (another `clientId`, a missed frame).
+    pub recovery_poll: Duration,
     /// A PEM file of certificate authorities to trust for `https://` instances, besides the public
     /// ones: a ComfyUI behind a TLS proxy with a self-signed or internal certificate.
     pub ca_file: Option<PathBuf>,
@@ -74,6 +84,8 @@ impl Default for ComfyUiConfig {
             reconnect_min: Duration::from_millis(250),
             reconnect_max: Duration::from_secs(10),
             reconnect_grace: Duration::from_secs(10),
+            client_id_seed: None,
+            recovery_poll: Duration::from_secs(1),
             ca_file: None,
             extra_prefix_classes: Vec::new(),
         }

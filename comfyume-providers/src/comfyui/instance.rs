@@ -99,11 +99,16 @@ impl Drop for JobGuard {
 }
 
 impl Instance {
-    pub(crate) fn new(config: &InstanceConfig, client: ComfyClient, changed: Arc<Notify>) -> Self {
+    pub(crate) fn new(
+        config: &InstanceConfig,
+        client: ComfyClient,
+        client_id: String,
+        changed: Arc<Notify>,
+    ) -> Self {
         Self {
             url: config.url.clone(),
             client,
-            client_id: uuid::Uuid::new_v4().simple().to_string(),
+            client_id,
             slots: config.slots,
             output_dir: config.output_dir.clone(),
             state: Mutex::new(State::default()),
@@ -158,6 +163,35 @@ impl Instance {
             awaiting_reconnect: false,
         };
         st.jobs.insert(prompt_id.to_string(), entry);
+        let guard = JobGuard {
+            instance: Arc::clone(self),
+            prompt_id: prompt_id.to_string(),
+        };
+        Some((guard, rx))
+    }
+
+    /// Takes a slot for a prompt found on the instance after a restart (queued, running or ended),
+    /// even beyond the instance's slots: it occupies the instance whatever comfyume counts. `running`
+    /// says it is executing now, so frames without a prompt id belong to it.
+    pub(crate) fn adopt(
+        self: &Arc<Self>,
+        prompt_id: &str,
+        running: bool,
+    ) -> Option<(JobGuard, mpsc::UnboundedReceiver<Delivery>)> {
+        let mut st = lock(&self.state);
+        if st.jobs.contains_key(prompt_id) {
+            return None;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let entry = JobEntry {
+            tx,
+            started: running,
+            awaiting_reconnect: false,
+        };
+        st.jobs.insert(prompt_id.to_string(), entry);
+        if running {
+            st.running = Some(prompt_id.to_string());
+        }
         let guard = JobGuard {
             instance: Arc::clone(self),
             prompt_id: prompt_id.to_string(),
@@ -435,4 +469,38 @@ fn backoff(config: &ComfyUiConfig, failures: u32) -> Duration {
         .reconnect_min
         .saturating_mul(1 << exp)
         .min(config.reconnect_max)
+}
+
+/// The websocket `clientId` of an instance: random, or derived from a seed so that it stays the same
+/// across restarts (see `ComfyUiConfig::client_id_seed`). 32 hex digits, like ComfyUI's own ids.
+pub(crate) fn client_id(seed: Option<&str>, pool: &str, url: &str) -> String {
+    use sha2::Digest;
+    match seed {
+        None => uuid::Uuid::new_v4().simple().to_string(),
+        Some(seed) => {
+            let mut hash = sha2::Sha256::new();
+            for part in [seed, pool, url] {
+                hash.update((part.len() as u64).to_be_bytes());
+                hash.update(part.as_bytes());
+            }
+            let digest = hash.finalize();
+            digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_id;
+
+    #[test]
+    fn seeded_client_ids_are_stable_and_distinct() {
+        let a = client_id(Some("server-1"), "gpu", "http://a:8188");
+        assert_eq!(a, client_id(Some("server-1"), "gpu", "http://a:8188"));
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(a, client_id(Some("server-2"), "gpu", "http://a:8188"));
+        assert_ne!(a, client_id(Some("server-1"), "gpu", "http://b:8188"));
+        assert_ne!(client_id(None, "gpu", "x"), client_id(None, "gpu", "x"));
+    }
 }

@@ -33,6 +33,13 @@ pub(crate) struct JobRun {
     short: Vec<String>,
     uncached: Arc<Mutex<HashSet<JobId>>>,
     job: JobId,
+    /// For a prompt found again after a restart: how often to check its state on the instance when no
+    /// frame comes (its events may go to another socket).
+    poll: Option<Duration>,
+    /// Found again after a restart: frames were missed, so outputs are read from the history at the end.
+    recovered: bool,
+    /// The history holds the prompt's end already: read it before anything else.
+    history_first: bool,
 }
 
 impl JobRun {
@@ -48,6 +55,9 @@ impl JobRun {
             short: Vec::new(),
             uncached,
             job,
+            poll: None,
+            recovered: false,
+            history_first: false,
             prompt_id: job.to_string(),
             prefix: job_prefix(job),
             instance,
@@ -72,6 +82,20 @@ impl JobRun {
         }
     }
 
+    /// Turns this into the run of a prompt found on the instance after a restart (see
+    /// `recover.rs`): `running` when it executes now, `ended` when its history holds its end. Its
+    /// state is checked every `poll` while no frame comes.
+    pub(crate) fn recovered(mut self, running: bool, ended: bool, poll: Duration) -> Self {
+        self.recovered = true;
+        self.poll = Some(poll);
+        self.history_first = ended;
+        if running || ended {
+            self.started = true;
+            self.queue.push_back(ProviderEvent::Started);
+        }
+        self
+    }
+
     pub(crate) fn into_stream(self) -> ProviderEventStream {
         futures::stream::unfold(self, |mut run| async move {
             let event = run.next_event().await?;
@@ -88,7 +112,21 @@ impl JobRun {
             if self.finished {
                 return None;
             }
-            match self.rx.recv().await {
+            if std::mem::take(&mut self.history_first) {
+                self.history_check().await;
+                continue;
+            }
+            let delivery = match self.poll {
+                None => self.rx.recv().await,
+                Some(every) => match tokio::time::timeout(every, self.rx.recv()).await {
+                    Ok(delivery) => delivery,
+                    Err(_) => {
+                        self.poll_state().await;
+                        continue;
+                    }
+                },
+            };
+            match delivery {
                 Some(delivery) => self.handle(delivery).await,
                 None => self.lost("the ComfyUI provider was shut down".into()),
             }
@@ -143,6 +181,9 @@ impl JobRun {
                 max: steps(&p.max),
             }),
             ServerMessage::Executed(e) => self.on_executed(&e.node, &e.output).await,
+            // A prompt found again after a restart missed some `executed` frames: its outputs come
+            // from the history, which holds them once `executing` with no node follows.
+            ServerMessage::ExecutionSuccess(_) if self.recovered => {}
             ServerMessage::ExecutionSuccess(_) => self.succeed(),
             ServerMessage::ExecutionError(ref e) => {
                 let failure = node_error_failure(e, message.data());
@@ -327,6 +368,38 @@ impl JobRun {
         }
         if !self.finished {
             self.lost(format!("the job did not finish on the ComfyUI at {url}"));
+        }
+    }
+
+    /// No frame came for a while (a prompt found again after a restart): asks the instance where the
+    /// prompt is. Ended → its history; running → started; gone from the queue without an end (ComfyUI
+    /// restarted) → lost. A failed request is tried again at the next poll.
+    async fn poll_state(&mut self) {
+        let url = self.instance.url.clone();
+        match self.instance.client.history(&self.prompt_id).await {
+            Ok(Some(_)) => return self.history_check().await,
+            Ok(None) => {}
+            Err(e) => {
+                return tracing::debug!(job = %self.prompt_id, error = %e, "could not read a prompt's history");
+            }
+        }
+        let queue = match self.instance.client.queue().await {
+            Ok(queue) => queue,
+            Err(e) => return tracing::debug!(job = %self.prompt_id, error = %e, "could not read the queue"),
+        };
+        match super::recover::find_in_queue(&queue, &self.prompt_id) {
+            Some(found) if found.running && !self.started => {
+                self.started = true;
+                self.push(ProviderEvent::Started);
+            }
+            Some(_) => {}
+            // It may have ended between the two reads.
+            None => match self.instance.client.history(&self.prompt_id).await {
+                Ok(Some(_)) => self.history_check().await,
+                _ => self.lost(format!(
+                    "the job left the queue of the ComfyUI at {url} without an end (was it restarted?)"
+                )),
+            },
         }
     }
 

@@ -28,6 +28,7 @@
 mod config;
 mod instance;
 mod job;
+mod recover;
 mod rewrite;
 
 use std::collections::HashSet;
@@ -95,7 +96,13 @@ impl ComfyUiProvider {
                 return Err(Error::Config(format!("instance {} has 0 slots", ic.url)));
             }
             let client = ComfyClient::with_http_and_tls(&ic.url, http.clone(), Arc::clone(&tls))?;
-            instances.push(Arc::new(Instance::new(ic, client, Arc::clone(&health_changed))));
+            let id = instance::client_id(config.client_id_seed.as_deref(), &config.name, &ic.url);
+            instances.push(Arc::new(Instance::new(
+                ic,
+                client,
+                id,
+                Arc::clone(&health_changed),
+            )));
         }
         let config = Arc::new(config);
         let stop = CancellationToken::new();
@@ -256,7 +263,26 @@ impl InferenceProvider for ComfyUiProvider {
             };
             return result.map_err(|e| ProviderError::Unavailable(e.to_string()));
         }
-        Ok(())
+        // Not followed here (an attempt lost when a server stopped): wherever it may still be, it goes.
+        let mut problems = Vec::new();
+        for instance in self.instances.iter().filter(|i| i.usable()) {
+            let deleted = instance.client.delete_queued(&[&prompt_id]).await;
+            let interrupted = instance.client.interrupt(Some(&prompt_id)).await;
+            if let (Err(e), _) | (_, Err(e)) = (deleted, interrupted) {
+                problems.push(format!("{}: {e}", instance.url));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ProviderError::Unavailable(problems.join("; ")))
+        }
+    }
+
+    /// Finds a job whose attempt was lost when a server stopped: followed again while queued or
+    /// running on an instance, collected from the history when it ended there (see `recover.rs`).
+    async fn reattach(&self, job: &Job) -> Result<Option<ProviderEventStream>, ProviderError> {
+        self.find_again(job).await
     }
 
     /// Drops the job's history entry on every instance and, where the instance's output directory is

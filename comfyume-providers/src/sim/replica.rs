@@ -317,11 +317,16 @@ impl Replica {
         conn
     }
 
-    /// Forgets a WebSocket, unless a newer connection took over its `sid`.
+    /// Forgets the WebSocket of `sid` when connection `conn` ends. Like ComfyUI (`finally:
+    /// self.sockets.pop(sid)` in its handler), this removes whatever socket holds `sid` now, even a newer
+    /// connection that took it over: a client reconnecting under the same id before its old connection
+    /// is seen closing gets no events until it connects again. `conn` is only logged.
     pub fn unregister(&self, sid: &str, conn: u64) {
         let mut sockets = lock(&self.sockets);
-        if sockets.get(sid).is_some_and(|s| s.conn == conn) {
-            sockets.remove(sid);
+        if let Some(current) = sockets.remove(sid)
+            && current.conn != conn
+        {
+            tracing::debug!(sid, conn, newer = current.conn, "an old connection's end dropped a newer socket of the same client id, as ComfyUI does");
         }
     }
 

@@ -40,6 +40,8 @@ async fn serve(mut socket: WebSocket, r: Arc<Replica>, sid: String) {
     let kill = r.shared.kill.clone();
     let shutdown = r.shared.shutdown.clone();
     let mut first_message = true;
+    // Another connection took this socket's `sid`: like ComfyUI, this one stays open but gets nothing.
+    let mut taken_over = false;
     loop {
         tokio::select! {
             biased;
@@ -49,13 +51,13 @@ async fn serve(mut socket: WebSocket, r: Arc<Replica>, sid: String) {
                 let _ = socket.send(Message::Close(None)).await;
                 break;
             }
-            out = rx.recv() => match out {
+            out = rx.recv(), if !taken_over => match out {
                 Some(out) => {
                     if socket.send(to_message(out)).await.is_err() {
                         break;
                     }
                 }
-                None => break,
+                None => taken_over = true,
             },
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {

@@ -119,7 +119,12 @@ pub struct Server {
 impl Server {
     /// Builds a server over one `ComfyUiProvider` of the given worker URLs and serves it.
     pub async fn start(config: ServerConfig, workers: &[String]) -> Server {
-        Server::start_with(config, pool(workers)).await
+        // As `comfyume serve` does: the same websocket ids after a restart on the same data directory.
+        let pool = ComfyUiConfig {
+            client_id_seed: Some(comfyume_server::identity(&config)),
+            ..pool(workers)
+        };
+        Server::start_with(config, pool).await
     }
 
     /// Builds a server over one `ComfyUiProvider` with these settings and serves it.
