@@ -78,6 +78,11 @@ impl Progress {
         }
     }
 
+    /// A message about the connection itself (lost, back), not the job: shown unless quiet.
+    pub fn notice(&mut self, text: String) {
+        self.line(text);
+    }
+
     /// Prints a line that stays (above the bar on a terminal).
     fn line(&mut self, text: String) {
         match &self.mode {

@@ -1,6 +1,7 @@
 //! `comfyume submit` and `comfyume watch`: send a workflow, follow a job live, show what it made.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use comfyume_core::JobId;
@@ -10,7 +11,7 @@ use crate::outputs::{download_all, print_outputs};
 use crate::progress::{Progress, human_duration};
 use crate::workflow::Workflow;
 use comfyume_cli::client::types::Estimate;
-use comfyume_cli::client::{Client, EventStream, JobView, StreamItem};
+use comfyume_cli::client::{Client, ClientError, EventStream, JobView, StreamItem};
 use comfyume_cli::exit::Fail;
 
 /// Options of `comfyume submit`.
@@ -128,7 +129,68 @@ fn closed(id: JobId) -> anyhow::Error {
     ))
 }
 
-/// Follows `job` on `stream` until it ends, showing progress; returns the job as stored at the end.
+/// How long a follower keeps trying to reach a server that went away (a restart takes seconds).
+const RECONNECT_FOR: Duration = Duration::from_secs(300);
+/// First wait between reconnection attempts; it doubles up to [`RECONNECT_MAX_DELAY`].
+const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(200);
+/// Longest wait between reconnection attempts.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// Opens `id`'s event stream again after the server went away, with backoff, and returns it with the
+/// job's state when it opened (the stream's first message), so nothing that happened meanwhile is
+/// missed. Gives up after [`RECONNECT_FOR`], or at once on an answer that retrying cannot change
+/// (the credentials refused, the job unknown).
+async fn reconnect(
+    client: &Client,
+    id: JobId,
+    why: &str,
+    progress: &mut Progress,
+) -> anyhow::Result<(EventStream, JobView)> {
+    progress.notice(format!("lost the server ({why}); reconnecting…"));
+    let deadline = Instant::now() + RECONNECT_FOR;
+    let mut delay = RECONNECT_FIRST_DELAY;
+    loop {
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+        let attempt = async {
+            let mut stream = client.events(&format!("job={id}")).await?;
+            loop {
+                match stream.next().await? {
+                    Some(StreamItem::Job(job)) if job.id == id => return Ok((stream, *job)),
+                    Some(_) => {}
+                    None => {
+                        return Err(ClientError::Protocol("the event stream closed at once".into()));
+                    }
+                }
+            }
+        };
+        match attempt.await {
+            Ok((stream, job)) => {
+                progress.notice("reconnected".to_string());
+                return Ok((stream, job));
+            }
+            Err(e @ (ClientError::Connect { .. } | ClientError::Protocol(_))) => {
+                if Instant::now() >= deadline {
+                    progress.finish();
+                    return Err(Fail::connection(format!(
+                        "{e}; gave up reconnecting after {} (the job goes on: `comfyume watch {id}`)",
+                        human_duration(RECONNECT_FOR.as_millis() as u64)
+                    )));
+                }
+            }
+            // A server that is starting answers 503 for a moment; anything else will not change.
+            Err(ClientError::Api { status, .. }) if status.is_server_error() && Instant::now() < deadline => {
+            }
+            Err(e) => {
+                progress.finish();
+                return Err(e.into());
+            }
+        }
+    }
+}
+
+/// Follows `job` on `stream` until it ends, showing progress; returns the job as stored at the end. If
+/// the server goes away (a restart), reconnects with backoff and carries on from the job's state.
 pub async fn follow(
     client: &Client,
     stream: &mut EventStream,
@@ -139,42 +201,67 @@ pub async fn follow(
     progress.job(&job);
     if !job.is_terminal() {
         loop {
-            match stream.next().await? {
-                None => {
+            let broken = match stream.next().await {
+                Ok(Some(item)) => {
+                    if follow_item(client, id, item, progress).await? {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(None) => "it closed the event stream".to_string(),
+                Err(e @ (ClientError::Connect { .. } | ClientError::Protocol(_))) => e.to_string(),
+                Err(e) => {
                     progress.finish();
-                    return Err(closed(id));
+                    return Err(e.into());
                 }
-                Some(StreamItem::Event(event)) if event.job_id == id => {
-                    progress.event(&event.kind);
-                    if event.kind.is_terminal() {
-                        break;
-                    }
-                }
-                Some(StreamItem::Position(entries)) => {
-                    if let Some(entry) = entries.iter().find(|e| e.job_id == id) {
-                        progress.position(entry);
-                    }
-                }
-                Some(StreamItem::Lagged(_)) => {
-                    // Events were dropped for this slow reader: the stored job says where it is.
-                    let now = client.job(id).await?;
-                    if now.is_terminal() {
-                        break;
-                    }
-                    progress.job(&now);
-                }
-                Some(StreamItem::Job(now)) if now.id == id => {
-                    if now.is_terminal() {
-                        break;
-                    }
-                    progress.job(&now);
-                }
-                Some(_) => {}
+            };
+            // The server went away (a restart): back on a new stream, from the job's state then.
+            let (again, now) = reconnect(client, id, &broken, progress).await?;
+            *stream = again;
+            if now.is_terminal() {
+                break;
             }
+            progress.job(&now);
         }
     }
     progress.finish();
     Ok(client.job(id).await?)
+}
+
+/// Shows one message of the stream; true once it says the job ended.
+async fn follow_item(
+    client: &Client,
+    id: JobId,
+    item: StreamItem,
+    progress: &mut Progress,
+) -> anyhow::Result<bool> {
+    match item {
+        StreamItem::Event(event) if event.job_id == id => {
+            progress.event(&event.kind);
+            return Ok(event.kind.is_terminal());
+        }
+        StreamItem::Position(entries) => {
+            if let Some(entry) = entries.iter().find(|e| e.job_id == id) {
+                progress.position(entry);
+            }
+        }
+        StreamItem::Lagged(_) => {
+            // Events were dropped for this slow reader: the stored job says where it is.
+            let now = client.job(id).await?;
+            if now.is_terminal() {
+                return Ok(true);
+            }
+            progress.job(&now);
+        }
+        StreamItem::Job(now) if now.id == id => {
+            if now.is_terminal() {
+                return Ok(true);
+            }
+            progress.job(&now);
+        }
+        _ => {}
+    }
+    Ok(false)
 }
 
 /// Prints how a job ended (outputs on success) and turns failure or cancellation into exit code 4.

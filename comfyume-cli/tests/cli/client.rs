@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use comfyume_providers::protocol::ComfyClient;
 
-use crate::support::{CONNECTION, FIXTURES, JOB_FAILED, Serve, USAGE, WAIT, comfyume, fixture};
+use crate::support::{Background, CONNECTION, FIXTURES, JOB_FAILED, Serve, USAGE, WAIT, comfyume, fixture};
 
 /// Issues an API token for `user` with the binary and waits (bounded) until the running server
 /// accepts it — it re-reads the credentials file within seconds.
@@ -265,6 +265,46 @@ async fn text_results_are_shown_listed_and_downloaded() {
                 .any(|l| l.starts_with(&format!("{node}_text.txt")) && l.ends_with("text: hello, gateway")),
             "{run:?}"
         );
+    }
+    serve.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_wait_and_watch_carry_on_across_a_server_restart() {
+    // Long enough that the job still runs while the server restarts.
+    let mut serve = Serve::start(Duration::from_secs(3)).await;
+    let password = serve.admin_password();
+    let env = [
+        ("COMFYUME_URL", serve.url.as_str()),
+        ("COMFYUME_PASSWORD", password.as_str()),
+    ];
+    let mut submit = Background::spawn(
+        &["submit", &fixture("14_two_outputs"), "--wait", "--user", "admin"],
+        &env,
+    );
+    let line = submit.until("submitted job ").await;
+    let id = line
+        .split("submitted job ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    submit.until("running").await;
+    let mut watch = Background::spawn(&["watch", &id, "--user", "admin"], &env);
+    watch.until("running").await;
+
+    // The server dies (SIGKILL) and comes back on the same address and data directory.
+    serve.restart().await;
+    for follower in [&mut submit, &mut watch] {
+        follower.until("reconnecting").await;
+        follower.until("reconnected").await;
+    }
+    for run in [submit.finish().await, watch.finish().await] {
+        let run = run.expect(0);
+        assert!(run.stderr.contains("succeeded"), "{run:?}");
+        let files: Vec<&str> = run.stdout.lines().collect();
+        assert_eq!(files.len(), 2, "{run:?}");
+        assert!(files[0].starts_with("gw/two_a_00001_.png"), "{run:?}");
     }
     serve.stop().await;
 }

@@ -148,6 +148,21 @@ pub struct Serve {
     child: Child,
 }
 
+/// Starts `comfyume serve --config CONFIG --listen LISTEN`; the child and its banner, up to the
+/// "serving on" line.
+async fn spawn_serve(config: &Path, listen: &str) -> (Child, Vec<String>) {
+    let mut child = command(None)
+        .args(["serve", "--listen", listen, "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let banner = read_until(&mut child, "serving on http://").await;
+    (child, banner)
+}
+
 impl Serve {
     /// Starts `comfyume serve --config … --listen 127.0.0.1:0` with a worker taking `exec` per job.
     pub async fn start(exec: Duration) -> Serve {
@@ -160,15 +175,7 @@ impl Serve {
             worker.base_url()
         );
         std::fs::write(&config, text).unwrap();
-        let mut child = command(None)
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let banner = read_until(&mut child, "serving on http://").await;
+        let (child, banner) = spawn_serve(&config, "127.0.0.1:0").await;
         let url = banner
             .last()
             .and_then(|l| l.split("serving on ").nth(1))
@@ -183,6 +190,14 @@ impl Serve {
             _dir: dir,
             child,
         }
+    }
+
+    /// Kills the server (SIGKILL, as a crash) and starts it again on the same address and data.
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill().await;
+        let listen = self.url.trim_start_matches("http://").to_string();
+        let (child, _) = spawn_serve(&self.config, &listen).await;
+        self.child = child;
     }
 
     /// The admin password printed at the first start.
@@ -202,5 +217,85 @@ impl Serve {
     /// Stops the server (SIGKILL; its directory is thrown away).
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
+    }
+}
+
+/// A `comfyume` command running in the background, its standard error read line by line.
+pub struct Background {
+    child: Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Every line of standard error read so far.
+    pub stderr: Vec<String>,
+}
+
+impl Background {
+    /// Starts `comfyume args…` with `env`.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Background {
+        let mut child = command(None)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Background {
+            child,
+            lines,
+            stderr: Vec::new(),
+        }
+    }
+
+    /// Reads standard error until a line contains `needle`; returns that line.
+    pub async fn until(&mut self, needle: &str) -> String {
+        let found = tokio::time::timeout(WAIT, async {
+            while let Some(line) = self.lines.recv().await {
+                self.stderr.push(line.clone());
+                if line.contains(needle) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+        found.unwrap_or_else(|| panic!("no line with {needle:?} in:\n{}", self.stderr.join("\n")))
+    }
+
+    /// Waits for the command to end: its exit code, standard output and all of standard error.
+    pub async fn finish(mut self) -> Run {
+        let mut stdout = String::new();
+        let mut pipe = self.child.stdout.take().unwrap();
+        let status = tokio::time::timeout(WAIT, async {
+            tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut stdout)
+                .await
+                .unwrap();
+            self.child.wait().await.unwrap()
+        })
+        .await
+        .expect("the command did not end in time");
+        while let Ok(line) = self.lines.try_recv() {
+            self.stderr.push(line);
+        }
+        // The reader may still hold the last lines: drain until it closes.
+        while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(5), self.lines.recv()).await {
+            self.stderr.push(line);
+        }
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout,
+            stderr: self.stderr.join("\n"),
+        }
     }
 }

@@ -326,7 +326,12 @@ impl Replica {
         if let Some(current) = sockets.remove(sid)
             && current.conn != conn
         {
-            tracing::debug!(sid, conn, newer = current.conn, "an old connection's end dropped a newer socket of the same client id, as ComfyUI does");
+            tracing::debug!(
+                sid,
+                conn,
+                newer = current.conn,
+                "an old connection's end dropped a newer socket of the same client id, as ComfyUI does"
+            );
         }
     }
 
