@@ -102,12 +102,35 @@ pub fn summary(c: &ServerConfig) -> Vec<String> {
     {
         match p {
             ProviderSection::Comfyui {
-                name, urls, slots, ..
-            } => lines.push(format!(
-                "provider:    {name}: ComfyUI x{} ({}), {slots} slot(s) each",
-                urls.len(),
-                urls.join(", ")
-            )),
+                name,
+                urls,
+                slots,
+                output_dirs,
+                ca_file,
+                ..
+            } => {
+                lines.push(format!(
+                    "provider:    {name}: ComfyUI x{} ({}), {slots} slot(s) each",
+                    urls.len(),
+                    urls.join(", ")
+                ));
+                let reachable: Vec<String> = output_dirs
+                    .iter()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .map(|d| d.display().to_string())
+                    .collect();
+                lines.push(if reachable.is_empty() {
+                    "             jobs' files stay on the instances (no output_dirs)".to_string()
+                } else {
+                    format!(
+                        "             jobs' files deleted once stored from {}",
+                        reachable.join(", ")
+                    )
+                });
+                if let Some(ca) = ca_file {
+                    lines.push(format!("             https trusts the CAs in {}", ca.display()));
+                }
+            }
             other => lines.push(format!("provider:    {}", other.name())),
         }
     }

@@ -137,7 +137,8 @@ async fn config_check_names_the_bad_key_and_the_file() {
     std::fs::write(
         &good,
         "listen = \"0.0.0.0:9000\"\n[scheduler]\npolicy = \"fifo\"\n\n[[providers]]\nkind = \"comfyui\"\n\
-         name = \"gpu-box\"\nurls = [\"http://10.0.0.5:8188\", \"http://10.0.0.6:8188\"]\n",
+         name = \"gpu-box\"\nurls = [\"http://10.0.0.5:8188\", \"http://10.0.0.6:8188\"]\n\
+         output_dirs = [\"/mnt/gpu-a/output\", \"\"]\n",
     )
     .unwrap();
     let data = dir.path().join("data").display().to_string();
@@ -160,6 +161,7 @@ async fn config_check_names_the_bad_key_and_the_file() {
         "listen:      http://0.0.0.0:9000",
         "policy:      fifo",
         "gpu-box: ComfyUI x2 (http://10.0.0.5:8188, http://10.0.0.6:8188)",
+        "jobs' files deleted once stored from /mnt/gpu-a/output",
         "not there yet",
     ] {
         assert!(run.stdout.contains(needle), "no {needle:?} in:\n{}", run.stdout);
