@@ -238,6 +238,7 @@ impl Dispatcher {
         match inner.store.cancel(id, reason, inner.clock.now()).await? {
             CancelOutcome::Cancelled(job) => {
                 lock(&inner.scheduler).remove(JobKey::from(&job));
+                inner.drop_lost(&job);
                 inner.publish(
                     &job,
                     EventKind::Cancelled {
@@ -580,7 +581,10 @@ impl Inner {
                 ),
             );
             match self.store.fail_queued(job.id, failure.clone(), now).await {
-                Ok(job) => self.publish(&job, EventKind::Failed { failure }),
+                Ok(job) => {
+                    self.drop_lost(&job);
+                    self.publish(&job, EventKind::Failed { failure })
+                }
                 // Claimed or cancelled in the meantime: it is no longer waiting.
                 Err(Error::WrongState { .. } | Error::NotFound(_)) => {}
                 Err(e) => return Err(e),

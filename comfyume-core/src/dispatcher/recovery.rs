@@ -44,6 +44,14 @@ impl Inner {
             .map(|slot| Arc::clone(&slot.provider))
     }
 
+    /// A queued job ended before its next attempt (cancelled, timed out): if its last attempt was lost,
+    /// that attempt is stopped on its provider, and forgotten here.
+    pub(super) fn drop_lost(&self, job: &Job) {
+        if self.lost.take(job.id).is_some() {
+            self.stop_lost(job);
+        }
+    }
+
     /// A job whose lost attempt will not run again here (dead-lettered, or cancelled while it was
     /// held): its provider is told to stop it, in the background.
     pub(super) fn stop_lost(&self, job: &Job) {

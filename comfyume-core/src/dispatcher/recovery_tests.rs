@@ -147,3 +147,28 @@ async fn a_job_sent_to_another_provider_is_stopped_where_it_was() {
     assert_eq!(old.calls(), [format!("cancel {id}")]);
     assert_eq!(new.calls(), [format!("submit {id}")]);
 }
+
+#[tokio::test]
+async fn a_recovered_job_cancelled_before_it_runs_again_is_stopped_on_its_provider() {
+    let (store, id) = left_running("gpu").await;
+    let gpu = Recorder::new("gpu", true);
+    let dir = tempfile::tempdir().unwrap();
+    let config = DispatcherConfig {
+        holder: "h".into(),
+        ..DispatcherConfig::default()
+    };
+    let engine = Dispatcher::new(
+        store,
+        Arc::new(LocalDirSink::new(dir.path())),
+        vec![Arc::new(Arc::clone(&gpu))],
+        SchedulerConfig::default(),
+        config,
+    );
+    // Held: nothing is dispatched, so the job is still queued when it is cancelled.
+    engine.with_scheduler(|s| s.pause_all());
+    engine.start().await.unwrap();
+    let job = engine.cancel(id, "changed my mind").await.unwrap();
+    assert!(matches!(job.state, JobState::Cancelled { .. }), "{job:?}");
+    engine.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(gpu.calls(), [format!("cancel {id}")]);
+}
