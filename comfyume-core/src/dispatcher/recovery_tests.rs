@@ -84,8 +84,11 @@ async fn left_running(on: &str) -> (Arc<MemoryStore>, JobId) {
     (store, job.id)
 }
 
-/// Restarts server "h" over `store` with `providers` and waits until `id` ended.
-async fn restart(store: Arc<MemoryStore>, providers: Vec<Arc<dyn InferenceProvider>>, id: JobId) -> Job {
+/// Server "h" again, over `store` with `providers` (not started).
+fn server_h(
+    store: Arc<MemoryStore>,
+    providers: Vec<Arc<dyn InferenceProvider>>,
+) -> (Dispatcher, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = DispatcherConfig {
         holder: "h".into(),
@@ -98,6 +101,12 @@ async fn restart(store: Arc<MemoryStore>, providers: Vec<Arc<dyn InferenceProvid
         SchedulerConfig::default(),
         config,
     );
+    (engine, dir)
+}
+
+/// Restarts server "h" over `store` with `providers` and waits until `id` ended.
+async fn restart(store: Arc<MemoryStore>, providers: Vec<Arc<dyn InferenceProvider>>, id: JobId) -> Job {
+    let (engine, _dir) = server_h(store, providers);
     let mut events = engine.subscribe();
     engine.start().await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -152,18 +161,7 @@ async fn a_job_sent_to_another_provider_is_stopped_where_it_was() {
 async fn a_recovered_job_cancelled_before_it_runs_again_is_stopped_on_its_provider() {
     let (store, id) = left_running("gpu").await;
     let gpu = Recorder::new("gpu", true);
-    let dir = tempfile::tempdir().unwrap();
-    let config = DispatcherConfig {
-        holder: "h".into(),
-        ..DispatcherConfig::default()
-    };
-    let engine = Dispatcher::new(
-        store,
-        Arc::new(LocalDirSink::new(dir.path())),
-        vec![Arc::new(Arc::clone(&gpu))],
-        SchedulerConfig::default(),
-        config,
-    );
+    let (engine, _dir) = server_h(store, vec![Arc::new(Arc::clone(&gpu))]);
     // Held: nothing is dispatched, so the job is still queued when it is cancelled.
     engine.with_scheduler(|s| s.pause_all());
     engine.start().await.unwrap();

@@ -86,6 +86,9 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A job's place on an instance: the guard that frees it, and the frames about the job.
+pub(crate) type Registration = (JobGuard, mpsc::UnboundedReceiver<Delivery>);
+
 /// Removes a job from its instance when the job's stream is dropped.
 pub(crate) struct JobGuard {
     instance: Arc<Instance>,
@@ -148,50 +151,38 @@ impl Instance {
     }
 
     /// Takes a slot for a job, if the instance is usable and has one free.
-    pub(crate) fn register(
-        self: &Arc<Self>,
-        prompt_id: &str,
-    ) -> Option<(JobGuard, mpsc::UnboundedReceiver<Delivery>)> {
+    pub(crate) fn register(self: &Arc<Self>, prompt_id: &str) -> Option<Registration> {
         let mut st = lock(&self.state);
-        if !(st.connected && st.healthy) || st.jobs.len() >= self.slots || st.jobs.contains_key(prompt_id) {
+        if !(st.connected && st.healthy) || st.jobs.len() >= self.slots {
             return None;
         }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let entry = JobEntry {
-            tx,
-            started: false,
-            awaiting_reconnect: false,
-        };
-        st.jobs.insert(prompt_id.to_string(), entry);
-        let guard = JobGuard {
-            instance: Arc::clone(self),
-            prompt_id: prompt_id.to_string(),
-        };
-        Some((guard, rx))
+        self.take_slot(&mut st, prompt_id, false)
     }
 
     /// Takes a slot for a prompt found on the instance after a restart (queued, running or ended),
     /// even beyond the instance's slots: it occupies the instance whatever comfyume counts. `running`
     /// says it is executing now, so frames without a prompt id belong to it.
-    pub(crate) fn adopt(
-        self: &Arc<Self>,
-        prompt_id: &str,
-        running: bool,
-    ) -> Option<(JobGuard, mpsc::UnboundedReceiver<Delivery>)> {
+    pub(crate) fn adopt(self: &Arc<Self>, prompt_id: &str, running: bool) -> Option<Registration> {
         let mut st = lock(&self.state);
+        let registration = self.take_slot(&mut st, prompt_id, running)?;
+        if running {
+            st.running = Some(prompt_id.to_string());
+        }
+        Some(registration)
+    }
+
+    /// Enters a job (unless the instance holds it already) and returns its guard and frames.
+    fn take_slot(self: &Arc<Self>, st: &mut State, prompt_id: &str, started: bool) -> Option<Registration> {
         if st.jobs.contains_key(prompt_id) {
             return None;
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let entry = JobEntry {
             tx,
-            started: running,
+            started,
             awaiting_reconnect: false,
         };
         st.jobs.insert(prompt_id.to_string(), entry);
-        if running {
-            st.running = Some(prompt_id.to_string());
-        }
         let guard = JobGuard {
             instance: Arc::clone(self),
             prompt_id: prompt_id.to_string(),

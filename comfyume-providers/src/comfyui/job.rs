@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::instance::{Delivery, Instance, JobGuard};
+use super::instance::{Delivery, Instance, JobGuard, Registration};
 use super::rewrite::{PlannedFile, job_prefix, plan_outputs};
 use crate::protocol::{BinaryFrame, FileRef, Frame, ServerMessage, node_error_failure, steps};
 
@@ -46,7 +46,7 @@ impl JobRun {
     pub(crate) fn new(
         job: JobId,
         instance: Arc<Instance>,
-        registration: (JobGuard, mpsc::UnboundedReceiver<Delivery>),
+        registration: Registration,
         reconnect_grace: Duration,
         uncached: Arc<Mutex<HashSet<JobId>>>,
     ) -> Self {
