@@ -15,6 +15,7 @@
 //! Time comes from a [`Clock`] that follows tokio's clock, so all of this is tested under
 //! `tokio::time::pause()` without sleeping.
 
+mod admin;
 mod config;
 mod recovery;
 mod run;
@@ -94,6 +95,9 @@ struct Inner {
     store: Arc<dyn JobStore>,
     sink: Arc<dyn OutputSink>,
     providers: Vec<ProviderSlot>,
+    /// The order providers are offered jobs in (indices into `providers`): the first with a free slot
+    /// gets the next job. An admin changes it at run time ([`Dispatcher::set_provider_order`]).
+    order: Mutex<Vec<usize>>,
     scheduler: Mutex<Scheduler>,
     running: Mutex<HashMap<JobId, Running>>,
     /// Jobs whose last attempt ended unrecorded (see [`recovery`]).
@@ -133,10 +137,11 @@ impl Dispatcher {
                 draining: AtomicBool::new(false),
                 health: Mutex::new(Health::Healthy),
             })
-            .collect();
+            .collect::<Vec<_>>();
         let inner = Inner {
             store,
             sink,
+            order: Mutex::new((0..providers.len()).collect()),
             providers,
             scheduler: Mutex::new(Scheduler::new(scheduler)),
             running: Mutex::new(HashMap::new()),
@@ -312,11 +317,12 @@ impl Dispatcher {
         r
     }
 
-    /// The state of every provider.
+    /// The state of every provider, in the order they are offered jobs.
     pub fn providers(&self) -> Vec<ProviderStatus> {
-        self.inner
-            .providers
-            .iter()
+        let order = lock(&self.inner.order).clone();
+        order
+            .into_iter()
+            .map(|i| &self.inner.providers[i])
             .map(|slot| ProviderStatus {
                 name: slot.provider.name().to_string(),
                 health: lock(&slot.health).clone(),
@@ -408,8 +414,10 @@ impl Inner {
         });
     }
 
+    /// The first provider in the admin's order that takes a job now.
     fn free_provider(&self) -> Option<usize> {
-        self.providers.iter().position(|slot| {
+        lock(&self.order).iter().copied().find(|&i| {
+            let slot = &self.providers[i];
             !slot.draining.load(Ordering::SeqCst)
                 && lock(&slot.health).is_usable()
                 && slot.in_flight.load(Ordering::SeqCst) < slot.provider.capacity().slots

@@ -712,3 +712,63 @@ async fn per_user_queue_cap_refuses_before_anything_is_stored() {
     );
     h.dispatcher.submit(spec("bob")).await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_run_time_provider_order_decides_who_gets_the_next_job() {
+    let local = ScriptedProvider::new("local", 1, ok_script(Duration::from_secs(10)));
+    let cloud = ScriptedProvider::new("cloud", 1, ok_script(Duration::from_secs(10)));
+    let mut h = harness(vec![Arc::new(local.clone()), Arc::new(cloud.clone())], config()).await;
+    assert_eq!(h.dispatcher.provider_order(), ["local", "cloud"]);
+    assert_eq!(
+        h.dispatcher.set_provider_order(&["cloud"]).unwrap(),
+        ["cloud", "local"],
+        "the named provider first, the others after in their order"
+    );
+    let names: Vec<String> = h.dispatcher.providers().into_iter().map(|p| p.name).collect();
+    assert_eq!(
+        names,
+        ["cloud", "local"],
+        "providers are listed in the order in force"
+    );
+    let first = h.dispatcher.submit(spec("alice")).await.unwrap();
+    h.events_until_terminal(first.id).await;
+    assert_eq!(cloud.submits(), [first.id], "the new first provider ran it");
+    assert!(local.submits().is_empty());
+    for bad in [&["nope"][..], &["local", "local"][..]] {
+        let err = h.dispatcher.set_provider_order(bad).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+    }
+    assert_eq!(
+        h.dispatcher.provider_order(),
+        ["cloud", "local"],
+        "a refused order changes nothing"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_a_user_ends_their_waiting_and_running_jobs_only() {
+    let hang = Script::Run(vec![Step::Emit(ProviderEvent::Started), Step::Hang]);
+    let provider = ScriptedProvider::new("gpu", 1, hang);
+    let mut h = harness(vec![Arc::new(provider.clone())], config()).await;
+    let running = h.dispatcher.submit(spec("alice")).await.unwrap();
+    h.wait_for(running.id, |e| matches!(e, EventKind::Started)).await;
+    let waiting = h.dispatcher.submit(spec("alice")).await.unwrap();
+    let bobs = h.dispatcher.submit(spec("bob")).await.unwrap();
+    let alice = UserId::new("alice").unwrap();
+    let only_waiting = h.dispatcher.cancel_user(&alice, true, "by admin").await.unwrap();
+    assert_eq!(
+        only_waiting.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [waiting.id]
+    );
+    assert_eq!(h.job(running.id).await.state, JobState::Running);
+    let all = h.dispatcher.cancel_user(&alice, false, "by admin").await.unwrap();
+    assert_eq!(all.iter().map(|j| j.id).collect::<Vec<_>>(), [running.id]);
+    h.events_until_terminal(running.id).await;
+    assert!(matches!(
+        h.job(running.id).await.state,
+        JobState::Cancelled { .. }
+    ));
+    assert_eq!(provider.cancels(), [running.id]);
+    // Bob's job is untouched; it runs once Alice's job has left the slot.
+    h.wait_for(bobs.id, |e| matches!(e, EventKind::Started)).await;
+}
