@@ -15,6 +15,7 @@
 //! a shutdown signal, then lets running jobs finish (up to the configured grace period) and hands the rest
 //! back to the store. Tests use the same three on port 0.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -87,8 +88,14 @@ pub async fn build(
         }
         tracing::info!(file = %overrides.path().display(), "restored admin overrides: {}", saved.describe());
     }
+    let audit = admin::audit::AuditLog::open(&config.data_dir)?;
     engine.start().await?;
-    let state = AppState::built(engine, auth, config, sink, (lock, overrides));
+    let parts = state::DataDirParts {
+        lock,
+        overrides,
+        audit,
+    };
+    let state = AppState::built(engine, auth, config, sink, parts);
     state.spawn_background_tasks();
     Ok(state)
 }

@@ -1,7 +1,8 @@
 //! The instructor's standing overrides, kept across restarts.
 //!
-//! An admin who pauses the queue or a user, weighs or caps a user, switches the policy or drains a
-//! provider expects that to hold after the server restarts mid-workshop. [`crate::build`] keeps these
+//! An admin who pauses the queue or a user, weighs or caps a user, switches the policy, drains a provider
+//! or changes the order providers are offered jobs in
+//! expects that to hold after the server restarts mid-workshop. [`crate::build`] keeps these
 //! settings in `<data_dir>/overrides.json`: written (atomically: a temporary file renamed over the old
 //! one) after every such change, applied before the engine starts taking jobs. The file is a snapshot
 //! of the engine's state, never a second source of truth: what is saved is read back from the
@@ -38,6 +39,9 @@ pub struct Overrides {
     /// Providers an admin drained.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub draining: BTreeSet<String>,
+    /// The order providers are offered jobs in, when an admin changed it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provider_order: Vec<String>,
 }
 
 /// One user's settings that differ from the defaults.
@@ -80,6 +84,9 @@ impl Overrides {
                 .filter(|p| p.draining)
                 .map(|p| p.name)
                 .collect(),
+            provider_order: Some(engine.provider_order())
+                .filter(|o| *o != engine.configured_provider_order())
+                .unwrap_or_default(),
         }
     }
 
@@ -120,6 +127,22 @@ impl Overrides {
                 ));
             }
         }
+        if !self.provider_order.is_empty() {
+            let known: Vec<&String> = self
+                .provider_order
+                .iter()
+                .filter(|name| engine.configured_provider_order().contains(name))
+                .collect();
+            if known.len() < self.provider_order.len() {
+                warnings.push(format!(
+                    "the saved provider order names providers that are no longer configured: {}",
+                    self.provider_order.join(", ")
+                ));
+            }
+            if let Err(e) = engine.set_provider_order(&known) {
+                warnings.push(format!("provider order not restored: {e}"));
+            }
+        }
         warnings
     }
 
@@ -138,6 +161,9 @@ impl Overrides {
         if !self.draining.is_empty() {
             let names: Vec<&str> = self.draining.iter().map(String::as_str).collect();
             parts.push(format!("draining {}", names.join(", ")));
+        }
+        if !self.provider_order.is_empty() {
+            parts.push(format!("provider order {}", self.provider_order.join(", ")));
         }
         parts.join("; ")
     }
@@ -235,13 +261,14 @@ mod tests {
             },
         );
         o.draining.insert("gpu-box".into());
+        o.provider_order = vec!["cloud".into(), "gpu-box".into()];
         let text = serde_json::to_string(&o).unwrap();
         assert_eq!(serde_json::from_str::<Overrides>(&text).unwrap(), o);
         assert!(serde_json::from_str::<Overrides>(r#"{"queue_pausd": true}"#).is_err());
         assert!(Overrides::default().is_empty());
         assert_eq!(
             o.describe(),
-            "queue paused; policy priority; 1 user setting(s); draining gpu-box"
+            "queue paused; policy priority; 1 user setting(s); draining gpu-box; provider order cloud, gpu-box"
         );
     }
 

@@ -7,7 +7,10 @@ use std::time::Instant;
 use comfyume_core::{Dispatcher, LocalDirSink};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Auth;
+use crate::admin::audit::{AuditEntry, AuditLog};
+use crate::admin::day::DayBook;
+use crate::admin::live::LiveBoard;
+use crate::auth::{Auth, Principal};
 use crate::config::ServerConfig;
 use crate::events::positions::PositionBoard;
 use crate::lock::DataDirLock;
@@ -35,6 +38,12 @@ struct Inner {
     _data_dir_lock: Option<DataDirLock>,
     /// Where admin overrides are saved, when the server owns a data directory.
     overrides: Option<OverridesFile>,
+    /// Every admin action.
+    audit: AuditLog,
+    /// What jobs did over the last two days (usage and charts on the admin page).
+    day: DayBook,
+    /// The admin page's live snapshots.
+    live: LiveBoard,
 }
 
 impl std::fmt::Debug for AppState {
@@ -49,7 +58,7 @@ impl AppState {
     /// State around a built (and started) engine. Outputs are read through the engine's sink; see
     /// [`AppState::with_local_files`] to stream them from a local directory instead.
     pub fn new(engine: Dispatcher, auth: Auth, config: ServerConfig) -> Self {
-        Self::assemble(engine, auth, config, None, None, None)
+        Self::assemble(engine, auth, config, None, None)
     }
 
     /// State around an engine whose output sink is `files` (as [`crate::build`] makes it): downloads are
@@ -60,19 +69,19 @@ impl AppState {
         config: ServerConfig,
         files: LocalDirSink,
     ) -> Self {
-        Self::assemble(engine, auth, config, Some(files), None, None)
+        Self::assemble(engine, auth, config, Some(files), None)
     }
 
     /// What [`crate::build`] makes: local files, the data directory's lock held for the server's life,
-    /// and admin overrides saved in the data directory.
+    /// and admin overrides and the audit log kept in the data directory.
     pub(crate) fn built(
         engine: Dispatcher,
         auth: Auth,
         config: ServerConfig,
         files: LocalDirSink,
-        (lock, overrides): (DataDirLock, OverridesFile),
+        data_dir: DataDirParts,
     ) -> Self {
-        Self::assemble(engine, auth, config, Some(files), Some(lock), Some(overrides))
+        Self::assemble(engine, auth, config, Some(files), Some(data_dir))
     }
 
     fn assemble(
@@ -80,9 +89,12 @@ impl AppState {
         auth: Auth,
         config: ServerConfig,
         local_files: Option<LocalDirSink>,
-        data_dir_lock: Option<DataDirLock>,
-        overrides: Option<OverridesFile>,
+        data_dir: Option<DataDirParts>,
     ) -> Self {
+        let (data_dir_lock, overrides, audit) = match data_dir {
+            Some(d) => (Some(d.lock), Some(d.overrides), d.audit),
+            None => (None, None, AuditLog::in_memory()),
+        };
         Self {
             inner: Arc::new(Inner {
                 metrics: Metrics::new(engine.clone()),
@@ -96,6 +108,9 @@ impl AppState {
                 background: AtomicBool::new(false),
                 _data_dir_lock: data_dir_lock,
                 overrides,
+                audit,
+                day: DayBook::default(),
+                live: LiveBoard::default(),
             }),
         }
     }
@@ -109,6 +124,8 @@ impl AppState {
         }
         tokio::spawn(crate::ops::metrics::collect(self.clone()));
         tokio::spawn(crate::events::positions::run(self.clone()));
+        tokio::spawn(crate::admin::day::follow(self.clone()));
+        tokio::spawn(crate::admin::live::run(self.clone()));
     }
 
     /// The engine.
@@ -150,6 +167,7 @@ impl AppState {
     /// positions.
     pub fn queue_changed(&self) {
         self.inner.positions.poke();
+        self.inner.live.poke();
     }
 
     /// Says an admin changed a standing override (a pause, weight, cap, the policy, a drain): live streams
@@ -165,8 +183,48 @@ impl AppState {
         }
     }
 
+    /// Records an admin action in the audit log (durable before this returns, when the server owns a
+    /// data directory) and tells the admin page.
+    pub async fn audit(
+        &self,
+        who: &Principal,
+        action: &str,
+        target: Option<String>,
+        detail: serde_json::Value,
+        text: String,
+    ) {
+        let entry = AuditEntry::new(&who.user, action, target, detail, text);
+        self.inner.audit.record(entry).await;
+        self.inner.live.poke();
+    }
+
+    /// The audit log.
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.inner.audit
+    }
+
+    /// What jobs did over the last two days.
+    pub fn day_book(&self) -> &DayBook {
+        &self.inner.day
+    }
+
+    /// The admin page's live snapshots.
+    pub fn live(&self) -> &LiveBoard {
+        &self.inner.live
+    }
+
     /// The output directory, when the engine's sink is a [`LocalDirSink`].
     pub fn local_files(&self) -> Option<&LocalDirSink> {
         self.inner.local_files.as_ref()
     }
+}
+
+/// What a server keeps in the data directory it owns (see [`crate::build`]).
+pub(crate) struct DataDirParts {
+    /// Held for the server's life: no second server uses the directory.
+    pub lock: DataDirLock,
+    /// Admin overrides.
+    pub overrides: OverridesFile,
+    /// The audit log.
+    pub audit: AuditLog,
 }

@@ -16,6 +16,16 @@ impl Dispatcher {
             .collect()
     }
 
+    /// Provider names in the order they were given to [`Dispatcher::new`] (the configured order), so a
+    /// run-time change can be told from the configuration.
+    pub fn configured_provider_order(&self) -> Vec<String> {
+        self.inner
+            .providers
+            .iter()
+            .map(|s| s.provider.name().to_string())
+            .collect()
+    }
+
     /// Puts the providers named in `first` at the head of the order, in that order; the others keep
     /// their order after them. Returns the new order. Running jobs stay where they are; the next job goes
     /// to the first provider of the new order that has a free slot. An unknown or repeated name is

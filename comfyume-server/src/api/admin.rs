@@ -1,15 +1,24 @@
 //! The instructor's overrides: pause and resume the queue or a user, reorder, reprioritise, weigh and cap
 //! users, switch the policy, drain providers.
 //!
-//! Standing overrides (pauses, weights, caps, the policy, drains) are saved in the data directory and hold
-//! after a restart (see [`crate::overrides`]); job priorities are stored with the job; moves to the front
-//! live in the running server's memory only.
+//! Standing overrides (pauses, weights, caps, the policy, drains, the provider order) are saved in the
+//! data directory and hold after a restart (see [`crate::overrides`]); job priorities are stored with the
+//! job; moves to the front live in the running server's memory only.
+//!
+//! Every action is recorded in the audit log ([`crate::admin::audit`]) with who took it; each handler
+//! checks its input, makes one engine call, records itself and answers. What the instructor reads (jobs
+//! in run order, usage, history, the dashboard) is in [`overview`]; cancelling a user's jobs and the
+//! provider order in [`control`].
+
+pub mod control;
+pub mod overview;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use comfyume_core::{JobKey, Policy, UserCaps};
 use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::json;
 use utoipa::ToSchema;
 
 use super::queue::policy_name;
@@ -42,7 +51,9 @@ fn queue_state(state: &AppState) -> QueueState {
     responses((status = 200, body = QueueState), (status = 403, body = ErrorBody)))]
 pub async fn pause_queue(State(state): State<AppState>, Admin(who): Admin) -> Json<QueueState> {
     state.engine().with_scheduler(|s| s.pause_all());
-    tracing::info!(admin = %who.user, "queue paused");
+    state
+        .audit(&who, "pause_queue", None, json!(null), "paused the queue".into())
+        .await;
     state.overrides_changed().await;
     Json(queue_state(&state))
 }
@@ -52,7 +63,9 @@ pub async fn pause_queue(State(state): State<AppState>, Admin(who): Admin) -> Js
     responses((status = 200, body = QueueState), (status = 403, body = ErrorBody)))]
 pub async fn resume_queue(State(state): State<AppState>, Admin(who): Admin) -> Json<QueueState> {
     state.engine().with_scheduler(|s| s.resume_all());
-    tracing::info!(admin = %who.user, "queue resumed");
+    state
+        .audit(&who, "resume_queue", None, json!(null), "resumed the queue".into())
+        .await;
     state.overrides_changed().await;
     Json(queue_state(&state))
 }
@@ -75,7 +88,11 @@ pub async fn set_policy(
     JsonBody(req): JsonBody<PolicyRequest>,
 ) -> Json<QueueState> {
     state.engine().with_scheduler(|s| s.set_policy(req.policy));
-    tracing::info!(admin = %who.user, policy = ?req.policy, "policy switched");
+    let name = policy_name(req.policy);
+    let text = format!("switched the policy to {name}");
+    state
+        .audit(&who, "set_policy", None, json!({"policy": name}), text)
+        .await;
     state.overrides_changed().await;
     Json(queue_state(&state))
 }
@@ -102,7 +119,12 @@ pub async fn move_to_front(
             format!("job {id} is {}, not waiting", job.state.name()),
         ));
     }
-    tracing::info!(admin = %who.user, job = %id, "moved to the front");
+    let owner = &job.spec.owner;
+    let text = format!("moved {owner}'s job {} to the front", short(id));
+    let detail = json!({"owner": owner});
+    state
+        .audit(&who, "move_to_front", Some(id.to_string()), detail, text)
+        .await;
     state.queue_changed();
     Ok(Json(JobView::single(&state, &job)))
 }
@@ -129,7 +151,12 @@ pub async fn set_priority(
     let id = parse_job_id(&id)?;
     super::visible_job(&state, &who, id).await?;
     let job = state.engine().set_priority(id, req.priority).await?;
-    tracing::info!(admin = %who.user, job = %id, priority = req.priority, "priority set");
+    let owner = &job.spec.owner;
+    let text = format!("set the priority of {owner}'s job {} to {}", short(id), req.priority);
+    let detail = json!({"owner": owner, "priority": req.priority});
+    state
+        .audit(&who, "set_priority", Some(id.to_string()), detail, text)
+        .await;
     state.queue_changed();
     Ok(Json(JobView::single(&state, &job)))
 }
@@ -142,12 +169,19 @@ fn user_view(state: &AppState, user: &comfyume_core::UserId) -> UserView {
     UserView::new(user, &stats)
 }
 
-/// Every user the scheduler knows: waiting and running jobs, share served, weight, pause, caps.
+/// Every user (who may log in, or still has jobs or settings): waiting and running jobs, share served,
+/// weight, pause, caps, and `today`'s usage (jobs, GPU-seconds, failures since the start of the day).
 #[utoipa::path(get, path = "/api/v1/admin/users", tag = "admin",
     responses((status = 200, body = Vec<UserView>), (status = 403, body = ErrorBody)))]
 pub async fn users(State(state): State<AppState>, Admin(_): Admin) -> Json<Vec<UserView>> {
-    let all = state.engine().read_scheduler(|s| s.users());
-    Json(all.iter().map(|(u, s)| UserView::new(u, s)).collect())
+    let now = state.engine().clock().now();
+    let since = crate::admin::day::period_start(None, now);
+    Json(overview::users_view(&state, since, now))
+}
+
+/// The first characters of a job id, as people read it.
+fn short(id: comfyume_core::JobId) -> String {
+    id.to_string().chars().take(8).collect()
 }
 
 /// Holds back a user's waiting jobs (their running jobs go on).
@@ -161,7 +195,10 @@ pub async fn pause_user(
 ) -> Result<Json<UserView>, ApiError> {
     let user = known_user(&state, &user)?;
     state.engine().with_scheduler(|s| s.pause_user(&user));
-    tracing::info!(admin = %who.user, %user, "user paused");
+    let text = format!("paused {user}");
+    state
+        .audit(&who, "pause_user", Some(user.to_string()), json!(null), text)
+        .await;
     state.overrides_changed().await;
     Ok(Json(user_view(&state, &user)))
 }
@@ -177,7 +214,10 @@ pub async fn resume_user(
 ) -> Result<Json<UserView>, ApiError> {
     let user = known_user(&state, &user)?;
     state.engine().with_scheduler(|s| s.resume_user(&user));
-    tracing::info!(admin = %who.user, %user, "user resumed");
+    let text = format!("resumed {user}");
+    state
+        .audit(&who, "resume_user", Some(user.to_string()), json!(null), text)
+        .await;
     state.overrides_changed().await;
     Ok(Json(user_view(&state, &user)))
 }
@@ -210,7 +250,11 @@ pub async fn set_weight(
     state
         .engine()
         .with_scheduler(|s| s.set_user_weight(&user, req.weight))?;
-    tracing::info!(admin = %who.user, %user, weight = req.weight, "weight set");
+    let text = format!("set {user}'s weight to {}", req.weight);
+    let detail = json!({"weight": req.weight});
+    state
+        .audit(&who, "set_weight", Some(user.to_string()), detail, text)
+        .await;
     state.overrides_changed().await;
     Ok(Json(user_view(&state, &user)))
 }
@@ -263,12 +307,22 @@ pub async fn set_caps(
         s.set_user_caps(&user, caps);
         caps
     });
-    tracing::info!(admin = %who.user, %user, ?caps, "caps set");
+    let limit = |c: Option<usize>| c.map_or_else(|| "no limit".to_string(), |n| n.to_string());
+    let text = format!(
+        "capped {user}: {} waiting, {} running",
+        limit(caps.max_queued),
+        limit(caps.max_running)
+    );
+    let detail = json!({"max_queued": caps.max_queued, "max_running": caps.max_running});
+    state
+        .audit(&who, "set_caps", Some(user.to_string()), detail, text)
+        .await;
     state.overrides_changed().await;
     Ok(Json(user_view(&state, &user)))
 }
 
-/// Every provider with its health (with the reason), slots, jobs in flight and drain state.
+/// Every provider with its health (with the reason), slots, jobs in flight and drain state, in the order
+/// they are offered jobs (see `PUT /api/v1/admin/providers/order`).
 #[utoipa::path(get, path = "/api/v1/admin/providers", tag = "admin",
     responses((status = 200, body = Vec<ProviderView>), (status = 403, body = ErrorBody)))]
 pub async fn providers(State(state): State<AppState>, Admin(_): Admin) -> Json<Vec<ProviderView>> {
@@ -284,14 +338,20 @@ pub async fn providers(State(state): State<AppState>, Admin(_): Admin) -> Json<V
 
 async fn set_draining(
     state: &AppState,
-    who: &str,
+    who: &crate::auth::Principal,
     name: &str,
     draining: bool,
 ) -> Result<ProviderView, ApiError> {
     if !state.engine().set_draining(name, draining) {
         return Err(ApiError::not_found(format!("no provider '{name}'")));
     }
-    tracing::info!(admin = who, provider = name, draining, "provider drain changed");
+    let (action, text) = match draining {
+        true => ("drain_provider", format!("drained {name}")),
+        false => ("undrain_provider", format!("undrained {name}")),
+    };
+    state
+        .audit(who, action, Some(name.to_string()), json!(null), text)
+        .await;
     state.overrides_changed().await;
     state
         .engine()
@@ -311,7 +371,7 @@ pub async fn drain(
     Admin(who): Admin,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ProviderView>, ApiError> {
-    set_draining(&state, who.user.as_str(), &name, true)
+    set_draining(&state, &who, &name, true)
         .await
         .map(Json)
 }
@@ -325,7 +385,7 @@ pub async fn undrain(
     Admin(who): Admin,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ProviderView>, ApiError> {
-    set_draining(&state, who.user.as_str(), &name, false)
+    set_draining(&state, &who, &name, false)
         .await
         .map(Json)
 }
@@ -333,7 +393,7 @@ pub async fn undrain(
 /// The user an admin route names: a user in the credentials file, or one the scheduler still has jobs or
 /// settings for (removed from the file, jobs still waiting). Anyone else is a 404, so a typo does not
 /// silently create settings for a user who does not exist.
-fn known_user(state: &AppState, name: &str) -> Result<comfyume_core::UserId, ApiError> {
+pub(crate) fn known_user(state: &AppState, name: &str) -> Result<comfyume_core::UserId, ApiError> {
     let user = parse_user(name)?;
     let known =
         state.auth().has_user(&user) || state.engine().read_scheduler(|s| s.user_stats(&user).is_some());

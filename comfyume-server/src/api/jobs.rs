@@ -325,6 +325,16 @@ async fn cancel_job(state: &AppState, principal: &Principal, id: JobId) -> Resul
     };
     let job = state.engine().cancel(id, &reason).await?;
     tracing::info!(job = %id, user = %principal.user, state = job.state.name(), "cancel");
+    let acted = matches!(job.state, comfyume_core::JobState::Cancelled { .. }) || job.cancel_requested;
+    if principal.user != job.spec.owner && acted {
+        let owner = &job.spec.owner;
+        let short: String = id.to_string().chars().take(8).collect();
+        let text = format!("cancelled {owner}'s job {short} ({})", job.state.name());
+        let detail = serde_json::json!({"owner": owner, "state": job.state.name()});
+        state
+            .audit(principal, "cancel_job", Some(id.to_string()), detail, text)
+            .await;
+    }
     Ok(JobView::single(state, &job))
 }
 

@@ -27,7 +27,11 @@
 //! | `POST /api/v1/admin/queue/pause`, `…/resume`; `PUT …/queue/policy` | admin | hold or release everything; switch policy |
 //! | `POST /api/v1/admin/jobs/{id}/front`, `…/priority` | admin | reorder, reprioritise |
 //! | `GET /api/v1/admin/users`; `POST …/users/{user}/pause`, `…/resume`; `PUT …/weight`, `…/caps` | admin | per-user controls |
-//! | `GET /api/v1/admin/providers`; `POST …/providers/{name}/drain`, `…/undrain` | admin | providers |
+//! | `POST /api/v1/admin/users/{user}/cancel?waiting_only=` | admin | cancel every job of a user |
+//! | `GET /api/v1/admin/providers`; `POST …/providers/{name}/drain`, `…/undrain`; `PUT …/providers/order` | admin | providers, drain, active/failover order |
+//! | `GET /api/v1/admin/jobs`, `…/usage`, `…/history`, `…/audit`, `…/dashboard` | admin | jobs in run order, today's usage, the day's charts, the audit log, all at once |
+//! | `GET /api/v1/admin/live` | admin | the dashboard, live (WebSocket, see [`crate::admin::live`]) |
+//! | `GET /admin/` (and its `dashboard.js`, `dashboard.css`) | admin | the admin page ([`crate::admin::page`]); `/admin` redirects there |
 //! | `GET /ready`, `GET /metrics` | user, admin | readiness, Prometheus metrics ([`crate::ops`]) |
 
 pub mod admin;
@@ -93,10 +97,12 @@ where
 
 /// The routes built here (everything but `/health` and the auth routes, which [`crate::router`] adds).
 fn table() -> Vec<Entry> {
-    use Access::{Admin, User};
+    use Access::{Admin, Open, User};
     use Method as M;
     let mut events = ep(M::GET, "/api/v1/events", User, crate::events::events);
     events.0.websocket = true;
+    let mut live = ep(M::GET, "/api/v1/admin/live", Admin, crate::admin::live::live);
+    live.0.websocket = true;
     vec![
         ep(M::POST, "/api/v1/jobs", User, jobs::submit),
         ep(M::GET, "/api/v1/jobs", User, jobs::list),
@@ -144,7 +150,34 @@ fn table() -> Vec<Entry> {
             admin::set_weight,
         ),
         ep(M::PUT, "/api/v1/admin/users/{user}/caps", Admin, admin::set_caps),
+        ep(
+            M::POST,
+            "/api/v1/admin/users/{user}/cancel",
+            Admin,
+            admin::control::cancel_user,
+        ),
+        ep(M::GET, "/api/v1/admin/jobs", Admin, admin::overview::jobs),
+        ep(M::GET, "/api/v1/admin/usage", Admin, admin::overview::usage),
+        ep(M::GET, "/api/v1/admin/history", Admin, admin::overview::history),
+        ep(M::GET, "/api/v1/admin/audit", Admin, admin::overview::audit),
+        ep(
+            M::GET,
+            "/api/v1/admin/dashboard",
+            Admin,
+            admin::overview::dashboard,
+        ),
+        live,
+        ep(M::GET, "/admin", Open, crate::admin::page::without_slash),
+        ep(M::GET, "/admin/", Admin, crate::admin::page::index),
+        ep(M::GET, "/admin/dashboard.js", Admin, crate::admin::page::script),
+        ep(M::GET, "/admin/dashboard.css", Admin, crate::admin::page::style),
         ep(M::GET, "/api/v1/admin/providers", Admin, admin::providers),
+        ep(
+            M::PUT,
+            "/api/v1/admin/providers/order",
+            Admin,
+            admin::control::set_order,
+        ),
         ep(
             M::POST,
             "/api/v1/admin/providers/{name}/drain",

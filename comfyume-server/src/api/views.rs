@@ -454,6 +454,9 @@ pub struct UserView {
     /// Most jobs they may have running (absent: no limit).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_running: Option<usize>,
+    /// Their use of the GPUs today (admin user lists).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub today: Option<crate::admin::day::Usage>,
 }
 
 impl UserView {
@@ -468,6 +471,7 @@ impl UserView {
             paused: s.paused,
             max_queued: s.caps.max_queued,
             max_running: s.caps.max_running,
+            today: None,
         }
     }
 }

@@ -218,6 +218,17 @@ impl Auth {
         self.snapshot().creds.user(user.as_str()).is_some()
     }
 
+    /// Every user who may log in, by name.
+    pub fn users(&self) -> Vec<Principal> {
+        let snapshot = self.snapshot();
+        snapshot
+            .creds
+            .users
+            .keys()
+            .filter_map(|name| snapshot.principal(name))
+            .collect()
+    }
+
     /// How many users may log in.
     pub fn user_count(&self) -> usize {
         self.snapshot().creds.users.len()

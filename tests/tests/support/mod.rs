@@ -32,8 +32,13 @@ pub const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 /// Every wait gives up after this long (a failure, not a sleep).
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// The users every test server knows: two participants and an admin.
-pub const USERS: [(&str, bool); 3] = [("alice", false), ("bob", false), ("teacher", true)];
+/// The users every test server knows: three participants and an admin.
+pub const USERS: [(&str, bool); 4] = [
+    ("alice", false),
+    ("bob", false),
+    ("carol", false),
+    ("teacher", true),
+];
 
 /// A fixture workflow by name (without `.json`).
 pub fn fixture(name: &str) -> Value {
