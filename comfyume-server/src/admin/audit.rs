@@ -91,7 +91,8 @@ impl AuditLog {
     /// The log of `data_dir`: reads back its latest entries (rotating an oversized file first).
     pub fn open(data_dir: &Path) -> Result<Self, ServerError> {
         let path = data_dir.join(FILE_NAME);
-        let error = |e: &dyn std::fmt::Display| ServerError::Config(format!("audit log {}: {e}", path.display()));
+        let error =
+            |e: &dyn std::fmt::Display| ServerError::Config(format!("audit log {}: {e}", path.display()));
         let mut recent = VecDeque::new();
         match std::fs::metadata(&path) {
             Ok(m) if m.len() > ROTATE_AT => {
@@ -176,8 +177,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let teacher = UserId::new("teacher").unwrap();
         let log = AuditLog::open(dir.path()).unwrap();
-        log.record(AuditEntry::new(&teacher, "pause_queue", None, json!(null), "paused the queue".into()))
-            .await;
+        log.record(AuditEntry::new(
+            &teacher,
+            "pause_queue",
+            None,
+            json!(null),
+            "paused the queue".into(),
+        ))
+        .await;
         log.record(AuditEntry::new(
             &teacher,
             "set_weight",

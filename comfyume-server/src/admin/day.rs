@@ -186,7 +186,8 @@ impl DayBook {
 
     /// Forgets jobs that ended before `before`.
     pub fn prune(&self, before: Timestamp) {
-        self.lock().retain(|_, j| j.finished_at.is_none_or(|f| f >= before));
+        self.lock()
+            .retain(|_, j| j.finished_at.is_none_or(|f| f >= before));
     }
 
     /// How many jobs are recorded.
@@ -405,7 +406,15 @@ mod tests {
         }
     }
 
-    fn run(book: &DayBook, owner_at: u64, queued: u64, dispatched: u64, started: u64, end: EventKind, ended: u64) {
+    fn run(
+        book: &DayBook,
+        owner_at: u64,
+        queued: u64,
+        dispatched: u64,
+        started: u64,
+        end: EventKind,
+        ended: u64,
+    ) {
         let id = JobId::new();
         let mut e = |at: u64, kind| {
             let mut ev = event(id, owner_at, kind);
@@ -413,7 +422,13 @@ mod tests {
             book.record(&ev);
         };
         e(queued, EventKind::Queued { reason: None });
-        e(dispatched, EventKind::Dispatched { provider: "p".into(), attempt: 1 });
+        e(
+            dispatched,
+            EventKind::Dispatched {
+                provider: "p".into(),
+                attempt: 1,
+            },
+        );
         e(started, EventKind::Started);
         e(ended, end);
     }
@@ -432,7 +447,12 @@ mod tests {
         assert_eq!(usage.len(), 2);
         let alice = &usage[0];
         assert_eq!(
-            (alice.user.as_str(), alice.submitted, alice.succeeded, alice.failed),
+            (
+                alice.user.as_str(),
+                alice.submitted,
+                alice.succeeded,
+                alice.failed
+            ),
             ("alice", 2, 1, 1)
         );
         assert!((alice.gpu_seconds - 15.0).abs() < 1e-9, "{alice:?}");
@@ -460,13 +480,29 @@ mod tests {
         assert_eq!(h.buckets[3].wait_max_ms, Some(3 * min - 3_000));
         // A whole day fits in at most 96 buckets.
         let day = book.history(Timestamp(0), Timestamp(24 * 60 * min));
-        assert!(day.buckets.len() <= 96 && day.bucket_ms == 15 * min, "{}", day.bucket_ms);
+        assert!(
+            day.buckets.len() <= 96 && day.bucket_ms == 15 * min,
+            "{}",
+            day.bucket_ms
+        );
         // A day whose first job came late is charted from that job on (at least the last hour).
         let late = DayBook::default();
         let noon = 12 * 60 * min;
-        run(&late, 0, noon + 5 * min, noon + 6 * min, noon + 6 * min, ok(), noon + 7 * min);
+        run(
+            &late,
+            0,
+            noon + 5 * min,
+            noon + 6 * min,
+            noon + 6 * min,
+            ok(),
+            noon + 7 * min,
+        );
         let h = late.history(Timestamp(0), Timestamp(noon + 30 * min));
-        assert_eq!(h.since, noon - 30 * min, "an hour back from now, on a ten-minute mark");
+        assert_eq!(
+            h.since,
+            noon - 30 * min,
+            "an hour back from now, on a ten-minute mark"
+        );
         let h = late.history(Timestamp(0), Timestamp(noon + 3 * 60 * min));
         assert_eq!(h.since, noon, "from the first job's ten-minute mark");
     }

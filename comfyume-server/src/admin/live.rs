@@ -167,7 +167,8 @@ pub async fn live(
 
 async fn stream(socket: WebSocket, state: AppState, mut watch: watch::Receiver<Arc<str>>) {
     let limits = &state.config().events;
-    let (send_timeout, ping_every, idle_limit) = (limits.send_timeout(), limits.ping(), limits.idle_timeout());
+    let (send_timeout, ping_every, idle_limit) =
+        (limits.send_timeout(), limits.ping(), limits.idle_timeout());
     let token = state.shutdown_token().clone();
     let (mut tx, mut rx) = socket.split();
     let send = |text: String| Message::Text(text.into());
@@ -177,7 +178,10 @@ async fn stream(socket: WebSocket, state: AppState, mut watch: watch::Receiver<A
         Err(_) => return,
     };
     watch.mark_unchanged();
-    if !matches!(tokio::time::timeout(send_timeout, tx.send(send(first))).await, Ok(Ok(()))) {
+    if !matches!(
+        tokio::time::timeout(send_timeout, tx.send(send(first))).await,
+        Ok(Ok(()))
+    ) {
         return;
     }
     state.live().poke();

@@ -64,7 +64,13 @@ pub async fn pause_queue(State(state): State<AppState>, Admin(who): Admin) -> Js
 pub async fn resume_queue(State(state): State<AppState>, Admin(who): Admin) -> Json<QueueState> {
     state.engine().with_scheduler(|s| s.resume_all());
     state
-        .audit(&who, "resume_queue", None, json!(null), "resumed the queue".into())
+        .audit(
+            &who,
+            "resume_queue",
+            None,
+            json!(null),
+            "resumed the queue".into(),
+        )
         .await;
     state.overrides_changed().await;
     Json(queue_state(&state))
@@ -152,7 +158,11 @@ pub async fn set_priority(
     super::visible_job(&state, &who, id).await?;
     let job = state.engine().set_priority(id, req.priority).await?;
     let owner = &job.spec.owner;
-    let text = format!("set the priority of {owner}'s job {} to {}", short(id), req.priority);
+    let text = format!(
+        "set the priority of {owner}'s job {} to {}",
+        short(id),
+        req.priority
+    );
     let detail = json!({"owner": owner, "priority": req.priority});
     state
         .audit(&who, "set_priority", Some(id.to_string()), detail, text)
@@ -371,9 +381,7 @@ pub async fn drain(
     Admin(who): Admin,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ProviderView>, ApiError> {
-    set_draining(&state, &who, &name, true)
-        .await
-        .map(Json)
+    set_draining(&state, &who, &name, true).await.map(Json)
 }
 
 /// Lets a drained provider take jobs again.
@@ -385,9 +393,7 @@ pub async fn undrain(
     Admin(who): Admin,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ProviderView>, ApiError> {
-    set_draining(&state, &who, &name, false)
-        .await
-        .map(Json)
+    set_draining(&state, &who, &name, false).await.map(Json)
 }
 
 /// The user an admin route names: a user in the credentials file, or one the scheduler still has jobs or

@@ -172,7 +172,11 @@ const CLIENT_READ_BUFFER: usize = 4 * 1024;
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
 /// Who is connecting: headers (cookie or bearer) first, else `?token=`.
-pub(crate) fn authenticate(state: &AppState, headers: &HeaderMap, token: Option<&str>) -> Result<Principal, ApiError> {
+pub(crate) fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    token: Option<&str>,
+) -> Result<Principal, ApiError> {
     match token {
         Some(token) if !headers.contains_key(header::AUTHORIZATION) => {
             let value = HeaderValue::from_str(&format!("Bearer {token}"))

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // helpers outside #[test] fns: a failure fails the test
 
+mod admin;
 mod bad_input;
 mod jobs;
 mod matrix;

@@ -75,6 +75,7 @@ pub fn png_bytes(job: JobId) -> Vec<u8> {
 
 /// A provider whose behaviour per job is scripted by the test's workflow. Test helper only.
 pub struct ScriptedProvider {
+    name: String,
     slots: usize,
     health: Mutex<Health>,
     hanging: Mutex<HashMap<JobId, UnboundedSender<ProviderEvent>>>,
@@ -85,7 +86,13 @@ pub struct ScriptedProvider {
 impl ScriptedProvider {
     /// A provider named `test` with `slots` slots and the given health.
     pub fn new(slots: usize, health: Health) -> Arc<Self> {
+        Self::named("test", slots, health)
+    }
+
+    /// A provider with a name.
+    pub fn named(name: &str, slots: usize, health: Health) -> Arc<Self> {
         Arc::new(Self {
+            name: name.to_string(),
             slots,
             health: Mutex::new(health),
             hanging: Mutex::new(HashMap::new()),
@@ -150,7 +157,7 @@ fn success_tail(job: JobId) -> Vec<ProviderEvent> {
 #[async_trait]
 impl InferenceProvider for ScriptedProvider {
     fn name(&self) -> &str {
-        "test"
+        &self.name
     }
 
     fn capacity(&self) -> Capacity {
@@ -226,6 +233,8 @@ pub struct Options {
     pub grace_secs: u64,
     /// Event stream pings and limits.
     pub events: EventsSection,
+    /// More providers after `test`, by name, one healthy slot each.
+    pub more_providers: Vec<&'static str>,
 }
 
 impl Default for Options {
@@ -238,6 +247,7 @@ impl Default for Options {
             max_body_bytes: 64 * 1024,
             grace_secs: 0,
             events: EventsSection::default(),
+            more_providers: Vec::new(),
         }
     }
 }
@@ -255,8 +265,10 @@ pub struct Server {
     pub url: String,
     /// Its state (engine, metrics…).
     pub state: comfyume_server::AppState,
-    /// Its only provider.
+    /// Its first provider, `test`.
     pub provider: Arc<ScriptedProvider>,
+    /// Every provider, `test` first.
+    pub providers: Vec<Arc<ScriptedProvider>>,
     tokens: HashMap<&'static str, String>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<Result<(), comfyume_server::ServerError>>>,
@@ -292,9 +304,15 @@ impl Server {
         }
         creds.save(&config.credentials_path()).unwrap();
         let provider = ScriptedProvider::new(options.slots, options.health);
-        let state = comfyume_server::build(config, vec![provider.clone() as Arc<dyn InferenceProvider>])
-            .await
-            .unwrap();
+        let mut providers = vec![provider.clone()];
+        for name in &options.more_providers {
+            providers.push(ScriptedProvider::named(name, 1, Health::Healthy));
+        }
+        let engine_providers = providers
+            .iter()
+            .map(|p| p.clone() as Arc<dyn InferenceProvider>)
+            .collect();
+        let state = comfyume_server::build(config, engine_providers).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
@@ -305,6 +323,7 @@ impl Server {
             url,
             state,
             provider,
+            providers,
             tokens,
             shutdown: Some(tx),
             handle: Some(handle),

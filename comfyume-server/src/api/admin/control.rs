@@ -102,9 +102,7 @@ pub async fn set_order(
     JsonBody(req): JsonBody<OrderRequest>,
 ) -> Result<Json<Vec<ProviderView>>, ApiError> {
     if req.order.is_empty() {
-        return Err(ApiError::bad_request(
-            "`order` must name at least one provider",
-        ));
+        return Err(ApiError::bad_request("`order` must name at least one provider"));
     }
     let order = state.engine().set_provider_order(&req.order)?;
     state

@@ -212,7 +212,8 @@ pub fn users_view(state: &AppState, since: Timestamp, now: Timestamp) -> Vec<Use
         .into_iter()
         .map(|u| (u.user.clone(), u))
         .collect();
-    let scheduled: BTreeMap<UserId, UserStats> = state.engine().read_scheduler(|s| s.users()).into_iter().collect();
+    let scheduled: BTreeMap<UserId, UserStats> =
+        state.engine().read_scheduler(|s| s.users()).into_iter().collect();
     let mut names: Vec<UserId> = state.auth().users().into_iter().map(|p| p.user).collect();
     names.extend(scheduled.keys().cloned());
     names.extend(usage.keys().filter_map(|u| UserId::new(u).ok()));
