@@ -11,14 +11,19 @@ use comfyume_cli::exit::Fail;
 #[derive(Clone, Debug, Args)]
 pub struct ClientArgs {
     /// The comfyume server.
-    #[arg(long, env = "COMFYUME_URL", default_value = "http://127.0.0.1:8190")]
+    #[arg(
+        long,
+        env = "COMFYUME_URL",
+        default_value = "http://127.0.0.1:8190",
+        global = true
+    )]
     pub url: String,
     /// An API token (an admin makes one with `comfyume users token NAME`) or a session token.
-    #[arg(long, env = "COMFYUME_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "COMFYUME_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// Log in as this user instead of using a token; the password comes from COMFYUME_PASSWORD or a
     /// prompt.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", global = true)]
     pub user: Option<String>,
 }
 

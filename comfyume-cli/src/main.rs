@@ -4,6 +4,7 @@
 //! Thin by design: each command parses its options and calls the libraries (`comfyume-server`,
 //! `comfyume-providers`) or the API client in `comfyume_cli::client`.
 
+mod admin;
 mod config_check;
 mod connect;
 mod dev;
@@ -64,6 +65,10 @@ enum Command {
     /// Manage who may log in: add, remove, passwd, admin, token, revoke-tokens, import, list.
     #[command(after_help = EXIT_CODES_HELP)]
     Users(users::UsersArgs),
+    /// Steer the queue as the instructor (admins): jobs in run order, pause, reorder, cancel, users and
+    /// their usage, providers, the audit log. The same as the admin page at /admin/.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Admin(admin::AdminArgs),
     /// Check a configuration file.
     #[command(after_help = EXIT_CODES_HELP)]
     Config(config_check::ConfigCommandArgs),
@@ -84,6 +89,7 @@ const MAIN_HELP: &str = concat!(
     "  comfyume serve --config comfyume.toml          the workshop server (first start prints the admin password)\n",
     "  comfyume users add NAME                        a participant; `comfyume users token NAME` for the CLI\n",
     "  comfyume submit flow.json --wait               run a workflow (API format) and follow it live\n",
+    "  comfyume admin jobs                            the queue in run order (admins; also /admin/ in a browser)\n",
     "\n",
     "Client commands read COMFYUME_URL (default http://127.0.0.1:8190) and COMFYUME_TOKEN.\n",
     "\n",
@@ -105,6 +111,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Cancel(args) => jobs::cancel(args).await,
         Command::Outputs(args) => outputs::run(args).await,
         Command::Users(args) => users::run(args),
+        Command::Admin(args) => admin::run(args).await,
         Command::Config(args) => config_check::run(args),
         Command::SimWorker(args) => sim_worker::run(args).await,
         Command::Load(command) => load::run(command).await,

@@ -2,8 +2,10 @@
 //!
 //! One [`Client`] per server and credentials: it sends the bearer token on every request, turns error
 //! answers (`{"code", "message"}`) into a [`ClientError`] that knows its exit code, and streams downloads
-//! to disk. [`Client::events`] opens the WebSocket at `/api/v1/events`.
+//! to disk. [`Client::events`] opens the WebSocket at `/api/v1/events`; the `admin_…` methods ([`admin`])
+//! call the admin API.
 
+pub mod admin;
 pub mod events;
 pub mod types;
 

@@ -8,7 +8,7 @@ use crate::support::{Background, CONNECTION, FIXTURES, JOB_FAILED, Serve, USAGE,
 
 /// Issues an API token for `user` with the binary and waits (bounded) until the running server
 /// accepts it — it re-reads the credentials file within seconds.
-async fn token_for(serve: &Serve, user: &str) -> String {
+pub(crate) async fn token_for(serve: &Serve, user: &str) -> String {
     let config = serve.config_arg();
     let issued = comfyume(
         &["users", "token", user, "--label", "tests", "--config", &config],

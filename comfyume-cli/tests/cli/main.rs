@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // helpers outside #[test] fns: a failure fails the test
 
 mod admin;
+mod admin_queue;
 mod client;
 mod dev;
 mod support;
