@@ -8,6 +8,7 @@
 //! - live events at `/api/v1/events` (a WebSocket: users see their own jobs, admins see all);
 //! - login at `/login` (browser form, HttpOnly session cookie) and `/api/v1/login` (JSON), bearer API
 //!   tokens for the command line ([`auth`]);
+//! - the admin page at `/admin/` with its live feed and an audit log of every admin action ([`admin`]);
 //! - `/health` (the only open route), `/ready` and `/metrics` (Prometheus).
 //!
 //! It is a library with a thin binary on top (`comfyume serve`): [`build`] makes the state from a

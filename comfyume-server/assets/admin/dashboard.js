@@ -242,7 +242,7 @@ function stateBadge(job) {
 
 /** What happens next to a job, in a few words (the whole reason on hover). */
 function nextCell(job) {
-  if (job.state !== 'queued') return h('td', { class: 'dim' }, job.provider ? `on ${job.provider}` : '');
+  if (job.state !== 'queued') return h('td', { class: 'dim next' }, job.provider ? `on ${job.provider}` : '');
   const e = job.estimated_start || {};
   let text = e.reason || '';
   if (e.status === 'estimated') text = e.wait_ms === 0 ? 'next free GPU' : `in ~${duration(e.wait_ms)}`;
@@ -251,7 +251,7 @@ function nextCell(job) {
   else if (/retry/.test(text)) text = 'retry soon';
   else if (/history/.test(text)) text = 'no estimate yet';
   else if (/no provider/.test(text)) text = 'no GPU available';
-  return h('td', { class: 'dim', title: e.reason || '' }, text);
+  return h('td', { class: 'dim next', title: e.reason || '' }, text);
 }
 
 /** Buttons at the end of a row. */
@@ -288,7 +288,7 @@ function renderJobs(list) {
 
 /** `×1 · 100 / ∞`: weight, most waiting / most running. */
 function limitsText(u) {
-  return `×${u.weight} · ${u.max_queued ?? '∞'} / ${u.max_running ?? '∞'}`;
+  return `weight ${u.weight} · caps ${u.max_queued ?? '∞'} / ${u.max_running ?? '∞'}`;
 }
 
 function renderUsers([users]) {
@@ -296,12 +296,12 @@ function renderUsers([users]) {
   body.replaceChildren(...users.map((u) => {
     const t = u.today || {};
     return h('tr', { 'data-user': u.user, 'data-paused': u.paused },
-      h('td', { class: 'user' }, u.user, u.paused ? h('span', { class: 'badge b-paused', title: 'their jobs wait until resumed' }, ' paused') : null),
+      h('td', { class: 'user' }, u.user, ' ', u.paused ? h('span', { class: 'badge b-paused', title: 'their jobs wait until resumed' }, 'paused') : null,
+        h('span', { class: 'why', title: 'fair-share weight · most waiting / most running' }, limitsText(u))),
       h('td', { class: 'num', title: `${u.queued} waiting, ${u.running} running` }, `${u.queued} / ${u.running}`),
       h('td', { class: 'num', title: `${t.succeeded || 0} succeeded, ${t.cancelled || 0} cancelled` }, t.submitted || 0),
       h('td', { class: `num ${t.failed ? 'fail' : 'dim'}` }, t.failed || 0),
       h('td', { class: 'num' }, duration((t.gpu_seconds || 0) * 1000)),
-      h('td', { class: 'num dim', title: 'fair-share weight · most waiting / most running' }, limitsText(u)),
       acts(
         u.paused
           ? h('button', { type: 'button', 'data-action': 'resume-user', click: () => actions.resumeUser(u) }, 'resume')
@@ -390,6 +390,9 @@ function chart(el, history, bars, line, unit) {
     const t = history.since + i * history.bucket_ms;
     const anchor = i === 0 ? 'start' : i === n ? 'end' : 'middle';
     svg.append(s('text', { x: i === n ? W - 2 : x(i), y: H - 4, 'text-anchor': anchor }, hhmm(Math.min(t, history.until))));
+  }
+  if (!values.some((v) => v) && !lineValues.some((v) => v != null)) {
+    svg.append(s('text', { class: 'none', x: (W + left) / 2, y: H / 2, 'text-anchor': 'middle' }, 'nothing yet today'));
   }
   const title = s('title', {}, `${el.id === 'chart-depth' ? 'jobs waiting' : 'wait'} per ${history.bucket_ms / 60000} min`);
   svg.prepend(title);

@@ -331,7 +331,7 @@ pub fn start_of_day(now: Timestamp) -> Timestamp {
 /// than [`KEEP`] and never after `now`.
 pub fn period_start(since: Option<u64>, now: Timestamp) -> Timestamp {
     let earliest = now.0.saturating_sub(millis(KEEP));
-    let start = since.map_or_else(|| start_of_day(now).0, |s| s);
+    let start = since.unwrap_or_else(|| start_of_day(now).0);
     Timestamp(start.clamp(earliest, now.0))
 }
 
@@ -399,7 +399,7 @@ mod tests {
     fn event(job: JobId, at: u64, kind: EventKind) -> JobEvent {
         JobEvent {
             job_id: job,
-            owner: UserId::new(if at % 2 == 0 { "alice" } else { "bob" }).unwrap(),
+            owner: UserId::new(if at.is_multiple_of(2) { "alice" } else { "bob" }).unwrap(),
             seq: 0,
             at: Timestamp(at),
             kind,
@@ -416,7 +416,7 @@ mod tests {
         ended: u64,
     ) {
         let id = JobId::new();
-        let mut e = |at: u64, kind| {
+        let e = |at: u64, kind| {
             let mut ev = event(id, owner_at, kind);
             ev.at = Timestamp(at);
             book.record(&ev);
