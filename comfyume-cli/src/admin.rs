@@ -7,9 +7,9 @@ use comfyume_core::{JobId, Timestamp};
 use crate::connect::ClientArgs;
 use crate::jobs::table as jobs_table;
 use crate::progress::human_duration;
-use crate::submit::parse_job_id;
-use comfyume_cli::client::Client;
+use crate::submit::{describe_state, parse_job_id};
 use comfyume_cli::client::admin::Provider;
+use comfyume_cli::client::{Client, JobView};
 
 /// Options of `comfyume admin`.
 #[derive(Debug, Args)]
@@ -312,7 +312,7 @@ async fn jobs(client: &Client, finished: usize, json: bool) -> anyhow::Result<()
     if list.jobs.is_empty() {
         eprintln!("nothing waiting or running");
     } else {
-        print!("{}", jobs_table(&list.jobs, true, now));
+        print!("{}", queue_table(&list.jobs));
     }
     if list.more > 0 {
         println!("…and {} more", list.more);
@@ -347,6 +347,37 @@ async fn users(client: &Client, json: bool) -> anyhow::Result<()> {
     }
     print!("{}", table(rows));
     Ok(())
+}
+
+/// Unfinished jobs in run order: place, id, owner, state, how long waited and ran, what it waits for.
+fn queue_table(jobs: &[JobView]) -> String {
+    let mut rows = vec![row(&["#", "JOB", "OWNER", "STATE", "WAITED", "RAN", "DETAIL"])];
+    for job in jobs {
+        let place = match (job.state.as_str(), job.position) {
+            ("queued", Some(p)) => (p + 1).to_string(),
+            ("queued", None) => "-".to_string(),
+            _ => ">".to_string(),
+        };
+        let detail = describe_state(job);
+        let detail = detail
+            .strip_prefix(&job.state)
+            .map(|rest| rest.trim_start_matches([':', ',', ' ']).to_string())
+            .unwrap_or(detail);
+        let detail = match detail.strip_prefix("position ") {
+            Some(_) => String::new(),
+            None => detail,
+        };
+        rows.push(vec![
+            place,
+            job.id.to_string(),
+            job.owner.clone(),
+            job.state.clone(),
+            human_duration(job.timings.waited_ms),
+            job.timings.ran_ms.map_or_else(|| "-".to_string(), human_duration),
+            detail,
+        ]);
+    }
+    table(rows)
 }
 
 fn cap_short(c: Option<usize>) -> String {

@@ -89,7 +89,7 @@ pub fn table(jobs: &[JobView], owners: bool, now_ms: u64) -> String {
             "queued" | "leased" | "running" | "failed" | "cancelled" => {
                 let text = describe_state(job);
                 text.strip_prefix(&job.state)
-                    .map(|rest| rest.trim_start_matches([':', ' ']).to_string())
+                    .map(|rest| rest.trim_start_matches([':', ',', ' ']).to_string())
                     .unwrap_or(text)
             }
             _ => String::new(),

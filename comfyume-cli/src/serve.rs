@@ -156,6 +156,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     for line in summary {
         println!("  {line}");
     }
+    println!("  admin:     {}/admin/ (log in as an admin)", url_of(addr));
     println!("  Ctrl-C stops it; running jobs get their grace period.");
     comfyume_server::serve(listener, state, shutdown_signal())
         .await
