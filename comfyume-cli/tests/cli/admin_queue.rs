@@ -52,7 +52,7 @@ async fn an_instructor_steers_the_queue_from_a_script() {
     let rows: Vec<&str> = jobs.stdout.lines().skip(1).collect();
     assert_eq!(rows.len(), 3, "{}", jobs.stdout);
     assert!(
-        rows[0].starts_with(&a1) && rows[0].contains("alice"),
+        rows[0].starts_with(&format!("1  {a1}")) && rows[0].contains("alice"),
         "{}",
         jobs.stdout
     );
@@ -62,7 +62,11 @@ async fn an_instructor_steers_the_queue_from_a_script() {
     assert!(front.stdout.contains("runs next"), "{front:?}");
     let jobs = admin(&["jobs"]).await.expect(0);
     assert!(
-        jobs.stdout.lines().nth(1).unwrap().starts_with(&mine),
+        jobs.stdout
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with(&format!("1  {mine}")),
         "{}",
         jobs.stdout
     );
