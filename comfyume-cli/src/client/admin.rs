@@ -1,5 +1,5 @@
 //! The admin API (`/api/v1/admin/...`): what an instructor's scripts read and change. Every call needs an
-//! admin's token; a participant's is refused with [`ClientError::Auth`](super::ClientError::Auth).
+//! admin's token; a participant's is refused with [`ClientError::Auth`].
 
 use comfyume_core::JobId;
 use reqwest::Method;
