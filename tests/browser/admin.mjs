@@ -1,12 +1,13 @@
 // The admin page in a real browser: the instructor pauses the queue, three participants submit jobs
 // (through the API, as their ComfyUI would), the page shows them live; the instructor moves one to the
-// front and pauses a user; after resuming, the SIMULATED worker's own history shows it ran the jobs in
-// exactly the order the page showed, and none of the paused user's; resuming the user runs theirs.
+// front and pauses a user; after resuming, the others' jobs run and none of the paused user's starts;
+// resuming the user runs theirs. The script prints the order the page showed (`shown: …`) and the paused
+// user's jobs (`held: …`); the Rust side compares them with the SIMULATED worker's own record of what it
+// started, in order.
 import { URL, run, newPage, login, screenshot, check } from './lib.mjs';
 
 const tokens = JSON.parse(process.env.TOKENS);
 const workflow = JSON.parse(process.env.WORKFLOW);
-const SIM = process.env.SIM_URL;
 const WAIT = { timeout: 30_000 };
 
 async function call(user, method, path, body) {
@@ -22,12 +23,6 @@ async function submit(user) {
   const { status, json } = await call(user, 'POST', '/api/v1/jobs', { prompt: workflow });
   check(status === 201, `${user}'s submit answered ${status}: ${JSON.stringify(json)}`);
   return json.id;
-}
-
-/** The prompts the simulated worker finished, in the order it finished them (one slot: run order). */
-async function workerRan() {
-  const history = await (await fetch(`${SIM}/history`)).json();
-  return Object.keys(history);
 }
 
 const queuedRows = (page) =>
@@ -80,7 +75,10 @@ await run('admin', async (browser) => {
   check(!shown.some((id) => ids.bob.includes(id)), 'a paused user\'s job is still in the order');
   await screenshot(page, 'admin-reordered');
 
-  // Resume the queue: the worker runs the four jobs in the order shown, none of Bob's.
+  console.log(`shown: ${shown.join(',')}`);
+  console.log(`held: ${ids.bob.join(',')}`);
+
+  // Resume the queue: the four jobs run, none of Bob's.
   await page.click('#queue-toggle');
   await page.waitForSelector('#queue-state.running', WAIT);
   await page.waitForSelector('#jobs tbody tr[data-state=running]', WAIT);
@@ -93,8 +91,11 @@ await run('admin', async (browser) => {
     ids.bob,
     WAIT,
   );
-  const ran = await workerRan();
-  check(JSON.stringify(ran) === JSON.stringify(shown), `the worker ran ${ran}; the page showed ${shown}`);
+  for (const id of shown) {
+    const owner = Object.keys(ids).find((u) => ids[u].includes(id));
+    const { json } = await call(owner, 'GET', `/api/v1/jobs/${id}`);
+    check(json.state === 'succeeded', `job ${id} is ${json.state}`);
+  }
   for (const id of ids.bob) {
     const { json } = await call('bob', 'GET', `/api/v1/jobs/${id}`);
     check(json.state === 'queued', `bob's paused job ${id} is ${json.state}`);
@@ -105,8 +106,6 @@ await run('admin', async (browser) => {
   // Resume Bob: his jobs run after all.
   await page.click('tr[data-user=bob] button[data-action=resume-user]');
   await page.waitForSelector('#jobs-empty:not([hidden])', WAIT);
-  const all = await workerRan();
-  check(all.length === 6 && ids.bob.every((id) => all.slice(4).includes(id)), `after resuming bob the worker ran ${all}`);
 
   // The audit log on the page says who did what.
   await page.waitForFunction(() => document.querySelectorAll('#audit li').length === 5, null, WAIT);

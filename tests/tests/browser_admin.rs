@@ -35,13 +35,37 @@ async fn the_instructor_steers_the_queue_from_the_admin_page() {
             ("TEACHER_PASSWORD", "teacher-password".to_string()),
             ("ALICE_PASSWORD", "alice-password".to_string()),
             ("TOKENS", serde_json::Value::Object(participants).to_string()),
-            ("SIM_URL", worker.base_url()),
             ("WORKFLOW", fixture("01_empty_save").to_string()),
         ],
         Duration::from_secs(120),
     )
     .await;
     assert!(out.stdout.contains("ok: admin"), "{}", out.stdout);
+
+    // The worker's own record: it started the four jobs in exactly the order the page showed after the
+    // move to the front, and the paused user's two only after those.
+    let line = |key: &str| -> Vec<String> {
+        let prefix = format!("{key}: ");
+        let found = out.stdout.lines().find_map(|l| l.strip_prefix(prefix.as_str()));
+        found
+            .unwrap_or_else(|| panic!("no `{key}:` line in {}", out.stdout))
+            .split(',')
+            .map(str::to_string)
+            .collect()
+    };
+    let (shown, held) = (line("shown"), line("held"));
+    let started = worker.started_prompts();
+    assert_eq!(started.len(), 6, "{started:?}");
+    assert_eq!(
+        started[..4],
+        shown[..],
+        "the worker's order is the order the page showed"
+    );
+    let mut last_two = started[4..].to_vec();
+    last_two.sort();
+    let mut held = held;
+    held.sort();
+    assert_eq!(last_two, held, "the paused user's jobs started last");
 
     // What the page did is in the audit log, attributed to the instructor.
     let api = Api::new(&server.url);

@@ -234,6 +234,17 @@ impl SimWorker {
         }
     }
 
+    /// The prompt ids whose execution started, in the order they started (every replica): the worker's
+    /// own record of what it ran, for tests of the order jobs reach it in.
+    pub fn started_prompts(&self) -> Vec<String> {
+        self.shared
+            .counters
+            .started
+            .lock()
+            .map(|list| list.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
     /// Stops like a crashed process: stops listening (new connections are refused), drops every open
     /// HTTP connection and WebSocket without a closing handshake, and abandons queued and running jobs.
     pub async fn kill(self) {

@@ -141,6 +141,8 @@ pub(crate) struct Counters {
     pub executed: AtomicU64,
     pub failed: AtomicU64,
     pub interrupted: AtomicU64,
+    /// Prompt ids in the order their execution started (all replicas).
+    pub started: std::sync::Mutex<Vec<String>>,
 }
 
 /// What all replicas of one worker share.

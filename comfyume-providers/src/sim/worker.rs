@@ -231,6 +231,7 @@ async fn execute(replica: &Arc<Replica>, item: &QueueItem) -> Value {
         executed: Vec::new(),
     };
     run.add_message("execution_start", json!({"prompt_id": item.prompt_id}), false);
+    lock(&shared.counters.started).push(item.prompt_id.clone());
 
     let sigs = cache::signatures(&item.prompt, &shared.catalogue, &shared.dirs);
     let cached: HashSet<String> = if shared.cache_enabled {
