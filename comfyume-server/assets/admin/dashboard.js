@@ -299,8 +299,8 @@ function renderUsers([users]) {
       h('td', { class: 'user' }, u.user, ' ', u.paused ? h('span', { class: 'badge b-paused', title: 'their jobs wait until resumed' }, 'paused') : null,
         h('span', { class: 'why', title: 'fair-share weight · most waiting / most running' }, limitsText(u))),
       h('td', { class: 'num', title: `${u.queued} waiting, ${u.running} running` }, `${u.queued} / ${u.running}`),
-      h('td', { class: 'num', title: `${t.succeeded || 0} succeeded, ${t.cancelled || 0} cancelled` }, t.submitted || 0),
-      h('td', { class: `num ${t.failed ? 'fail' : 'dim'}` }, t.failed || 0),
+      h('td', { class: 'num', title: `${t.succeeded || 0} succeeded, ${t.failed || 0} failed, ${t.cancelled || 0} cancelled` },
+        t.submitted || 0, t.failed ? h('span', { class: 'why fail' }, `${t.failed} failed`) : null),
       h('td', { class: 'num' }, duration((t.gpu_seconds || 0) * 1000)),
       acts(
         u.paused
@@ -343,7 +343,8 @@ function renderAudit(entries) {
   $('audit-empty').hidden = entries.length > 0;
 }
 
-function renderFinished(jobs) {
+function renderFinished(list) {
+  const jobs = [...list].sort((a, b) => (b.timings.finished_at || 0) - (a.timings.finished_at || 0));
   $('finished').tBodies[0].replaceChildren(...jobs.map((job) => {
     const why = job.failure ? `${job.failure.kind.replace('_', ' ')}: ${job.failure.message}` : job.cancel_reason || '';
     return h('tr', { 'data-job': job.id },
