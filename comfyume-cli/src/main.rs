@@ -10,6 +10,7 @@ mod connect;
 mod dev;
 mod jobs;
 mod load;
+mod loadtest;
 mod logging;
 mod outputs;
 mod password;
@@ -80,6 +81,10 @@ enum Command {
     /// time from start to ready. Prints figures; talks to 127.0.0.1 only.
     #[command(subcommand)]
     Load(load::LoadCommand),
+    /// Load a server with N users × M jobs over its real API and event WebSockets (a running one, or
+    /// with --spawn one of its own on SIMULATED workers): throughput, waits, fairness, lost and
+    /// duplicated jobs, the server's memory and CPU, and an HTML page of charts.
+    Loadtest(Box<loadtest::LoadtestArgs>),
 }
 
 /// The end of `comfyume --help`: how to start, and the exit codes.
@@ -115,6 +120,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Config(args) => config_check::run(args),
         Command::SimWorker(args) => sim_worker::run(args).await,
         Command::Load(command) => load::run(command).await,
+        Command::Loadtest(args) => loadtest::run(*args).await,
     }
 }
 

@@ -199,6 +199,14 @@ impl Client {
         self.job_view(raw)
     }
 
+    /// `POST /api/v1/jobs` with a job id the caller chose: after a lost answer the same call can simply
+    /// be sent again, as the server keeps one job per id (and answers the existing one).
+    pub async fn submit_with_id(&self, id: JobId, prompt: &Value) -> Result<JobView> {
+        let body = json!({"prompt": prompt, "id": id.to_string()});
+        let raw: Value = self.call(Method::POST, "/api/v1/jobs", Some(&body)).await?;
+        self.job_view(raw)
+    }
+
     /// `GET /api/v1/jobs/{id}`.
     pub async fn job(&self, id: JobId) -> Result<JobView> {
         let raw: Value = self

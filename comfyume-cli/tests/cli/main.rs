@@ -7,4 +7,5 @@ mod admin;
 mod admin_queue;
 mod client;
 mod dev;
+mod loadtest;
 mod support;

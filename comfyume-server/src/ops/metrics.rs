@@ -21,6 +21,9 @@
 //! | `websocket_connections` | gauge | | live event streams |
 //! | `http_requests_total` | counter | `method`, `route`, `status` | requests answered |
 //! | `http_request_duration_seconds` | histogram | `method`, `route` | time to answer |
+//! | `process_resident_memory_bytes` | gauge | | the server's resident memory (Linux) |
+//! | `process_cpu_seconds_total` | counter | | CPU time the server used, user and system (Linux) |
+//! | `process_open_fds` | gauge | | file descriptors open: sockets, the store, files (Linux) |
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -284,8 +287,90 @@ impl Collector for EngineGauges {
                 family.encode_family(&labels)?.encode_gauge(&value(p))?;
             }
         }
-        Ok(())
+        encode_process(&mut encoder)
     }
+}
+
+/// The server process's own use of the machine, read from `/proc/self` (nothing on other systems).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcessStats {
+    /// Resident memory, bytes.
+    pub resident_bytes: u64,
+    /// CPU time in user and kernel mode, seconds.
+    pub cpu_seconds: f64,
+    /// Open file descriptors (None when `/proc/self/fd` cannot be listed).
+    pub open_fds: Option<u64>,
+}
+
+/// Clock ticks per second of the CPU times in `/proc/<pid>/stat`: Linux's `USER_HZ`, which is 100 on
+/// every architecture comfyume builds for.
+const USER_HZ: f64 = 100.0;
+
+impl ProcessStats {
+    /// Reads this process's figures; None off Linux or when `/proc` is not mounted.
+    pub fn read() -> Option<Self> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|entries| entries.count() as u64);
+        Self::parse(&status, &stat, open_fds)
+    }
+
+    /// Parses `/proc/<pid>/status` (for `VmRSS`) and `/proc/<pid>/stat` (for `utime` and `stime`).
+    pub fn parse(status: &str, stat: &str, open_fds: Option<u64>) -> Option<Self> {
+        let rss_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        // The command name (field 2) is in parentheses and may hold spaces: count fields after its end.
+        let after_name = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        // Fields 14 and 15 of the whole line; the slice starts at field 3.
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some(Self {
+            resident_bytes: rss_kib * 1024,
+            cpu_seconds: (utime + stime) as f64 / USER_HZ,
+            open_fds,
+        })
+    }
+}
+
+fn encode_process(encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+    let Some(p) = ProcessStats::read() else {
+        return Ok(());
+    };
+    encoder
+        .encode_descriptor(
+            "process_resident_memory_bytes",
+            "Resident memory of the server process",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&(p.resident_bytes as i64))?;
+    encoder
+        .encode_descriptor(
+            "process_cpu_seconds",
+            "CPU time the server process used, user and system",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<prometheus_client::encoding::NoLabelSet, _, f64>(&p.cpu_seconds, None)?;
+    if let Some(fds) = p.open_fds {
+        encoder
+            .encode_descriptor(
+                "process_open_fds",
+                "File descriptors the server process holds open",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&(fds as i64))?;
+    }
+    Ok(())
 }
 
 /// Follows the event bus into the metrics until the server shuts down.
@@ -398,4 +483,29 @@ pub(crate) async fn collect(state: AppState) {
 
 fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_figures_are_read_from_proc_lines() {
+        let status = "Name:\tcomfyume\nVmHWM:\t  9000 kB\nVmRSS:\t  8192 kB\n";
+        // A command name with a space and a parenthesis, then fields 3.. (utime 250, stime 50).
+        let stat = "4242 (comfy (ume) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 1 2 3";
+        let p = ProcessStats::parse(status, stat, Some(12)).unwrap();
+        assert_eq!(p.resident_bytes, 8192 * 1024);
+        assert!((p.cpu_seconds - 3.0).abs() < 1e-9, "{p:?}");
+        assert_eq!(p.open_fds, Some(12));
+        assert_eq!(ProcessStats::parse("Name: x\n", stat, None), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn this_process_has_figures_on_linux() {
+        let p = ProcessStats::read().unwrap();
+        assert!(p.resident_bytes > 0);
+        assert!(p.open_fds.unwrap_or(0) > 0);
+    }
 }

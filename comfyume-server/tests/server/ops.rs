@@ -193,6 +193,13 @@ async fn metrics_are_prometheus_text_with_every_family() {
     assert_eq!(m.types["comfyume_job_wait_seconds"], "histogram");
     assert_eq!(m.types["comfyume_queue_depth"], "gauge");
     assert_eq!(m.types["comfyume_job_failures_total"], "counter");
+    // The server's own use of the machine (this test process, as the server runs in it).
+    if cfg!(target_os = "linux") {
+        assert!(sample("comfyume_process_resident_memory_bytes") > 1_000_000.0);
+        assert!(sample("comfyume_process_cpu_seconds_total") > 0.0);
+        assert!(sample("comfyume_process_open_fds") > 0.0);
+        assert_eq!(m.types["comfyume_process_cpu_seconds_total"], "counter");
+    }
 
     // While a job waits, the gauges show it.
     s.call(Method::POST, "/api/v1/admin/queue/pause", Some("teacher"), None)
