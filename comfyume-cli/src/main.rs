@@ -8,6 +8,7 @@ mod admin;
 mod config_check;
 mod connect;
 mod dev;
+mod frontend;
 mod jobs;
 mod load;
 mod loadtest;
@@ -73,6 +74,9 @@ enum Command {
     /// Check a configuration file.
     #[command(after_help = EXIT_CODES_HELP)]
     Config(config_check::ConfigCommandArgs),
+    /// Install the official ComfyUI frontend that every user's workspace at /u/<user>/ is served from.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Frontend(frontend::FrontendArgs),
     /// Run a SIMULATED ComfyUI worker: a protocol-faithful stand-in for tests, demos and load tests.
     /// It never runs inference: it executes a few simple node types on real pixels and writes real
     /// files, taking a configurable time per job.
@@ -118,6 +122,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Users(args) => users::run(args),
         Command::Admin(args) => admin::run(args).await,
         Command::Config(args) => config_check::run(args),
+        Command::Frontend(args) => frontend::run(args).await,
         Command::SimWorker(args) => sim_worker::run(args).await,
         Command::Load(command) => load::run(command).await,
         Command::Loadtest(args) => loadtest::run(*args).await,

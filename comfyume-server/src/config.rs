@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub events: EventsSection,
     /// Where jobs run, in order of preference. Empty means one ComfyUI at `http://127.0.0.1:8188`.
     pub providers: Vec<ProviderSection>,
+    /// Every user's ComfyUI workspace at `/u/<user>/` (the frontend's files, templates).
+    pub workspace: crate::workspace::WorkspaceSection,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +64,7 @@ impl Default for ServerConfig {
             auth: AuthSection::default(),
             events: EventsSection::default(),
             providers: Vec::new(),
+            workspace: crate::workspace::WorkspaceSection::default(),
         }
     }
 }

@@ -9,6 +9,8 @@
 //! - login at `/login` (browser form, HttpOnly session cookie) and `/api/v1/login` (JSON), bearer API
 //!   tokens for the command line ([`auth`]);
 //! - the admin page at `/admin/` with its live feed and an audit log of every admin action ([`admin`]);
+//! - every user's own ComfyUI workspace at `/u/<user>/`: the official frontend and a ComfyUI-compatible
+//!   API answered per user ([`workspace`]);
 //! - `/health` (the only open route), `/ready` and `/metrics` (Prometheus).
 //!
 //! It is a library with a thin binary on top (`comfyume serve`): [`build`] makes the state from a
@@ -28,6 +30,7 @@ pub mod openapi;
 pub mod ops;
 pub mod overrides;
 pub mod state;
+pub mod workspace;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -121,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .merge(auth::routes())
         .merge(api::routes())
+        .merge(workspace::routes())
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

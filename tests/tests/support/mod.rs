@@ -6,6 +6,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod browser;
+pub mod frontend;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
