@@ -21,7 +21,7 @@ pub struct FrontendArgs {
 /// What to do with the frontend.
 #[derive(Debug, Subcommand)]
 pub enum FrontendCommand {
-    /// Install (or replace) the ComfyUI frontend the workspaces at /u/<user>/ are served from: the
+    /// Install (or replace) the ComfyUI frontend the workspaces at /u/NAME/ are served from: the
     /// pinned comfyui-frontend-package from PyPI, or a wheel already downloaded (offline networks:
     /// `pip download comfyui-frontend-package==1.58.1 --no-deps`). A running server picks it up at once.
     Install {

@@ -74,7 +74,7 @@ enum Command {
     /// Check a configuration file.
     #[command(after_help = EXIT_CODES_HELP)]
     Config(config_check::ConfigCommandArgs),
-    /// Install the official ComfyUI frontend that every user's workspace at /u/<user>/ is served from.
+    /// Install the official ComfyUI frontend that every user's workspace at /u/NAME/ is served from.
     #[command(after_help = EXIT_CODES_HELP)]
     Frontend(frontend::FrontendArgs),
     /// Run a SIMULATED ComfyUI worker: a protocol-faithful stand-in for tests, demos and load tests.
