@@ -131,6 +131,31 @@ pub fn summary(c: &ServerConfig) -> Vec<String> {
                     lines.push(format!("             https trusts the CAs in {}", ca.display()));
                 }
             }
+            verda @ ProviderSection::Verda {
+                name,
+                output_dir,
+                max_replicas,
+                concurrency,
+                cold_start_timeout_secs,
+                ..
+            } => {
+                lines.push(format!(
+                    "provider:    {name}: Verda {} (shared directory {}), {} slot(s) = {max_replicas} replica(s) x {concurrency}",
+                    verda.verda_url().unwrap_or_default(),
+                    output_dir.display(),
+                    max_replicas * concurrency
+                ));
+                let key = match verda.api_key_source() {
+                    Some(comfyume_server::config::ApiKeySource::File(p)) => {
+                        format!("key from {}", p.display())
+                    }
+                    Some(comfyume_server::config::ApiKeySource::Env(v)) => format!("key from ${v}"),
+                    _ => "no key".to_string(),
+                };
+                lines.push(format!(
+                    "             {key}; cold-start budget {cold_start_timeout_secs} s, then the next provider"
+                ));
+            }
             other => lines.push(format!("provider:    {}", other.name())),
         }
     }

@@ -2,12 +2,17 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use comfyume_core::InferenceProvider;
-use comfyume_providers::{ComfyUiConfig, ComfyUiProvider, InstanceConfig};
-use comfyume_server::config::{ProviderSection, ServerConfig, StoreBackend};
+use comfyume_providers::serverless::GateConfig;
+use comfyume_providers::{
+    ApiKey, ComfyUiConfig, ComfyUiProvider, InstanceConfig, SharedDirConfig, VerdaConfig, VerdaMode,
+    VerdaProvider,
+};
+use comfyume_server::config::{ApiKeySource, ProviderSection, ServerConfig, StoreBackend, VerdaModeName};
 use comfyume_server::{Auth, ServerError};
 
 use crate::logging::LogFormat;
@@ -27,8 +32,9 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
 }
 
-/// Starts one `ComfyUiProvider` per `[[providers]]` entry (or the default local ComfyUI). An instance
-/// that does not answer yet is not an error: jobs wait until it does.
+/// Starts one provider per `[[providers]]` entry (or the default local ComfyUI). An instance that does
+/// not answer yet is not an error: jobs wait until it does. A serverless deployment is not asked
+/// anything at start (that could start a GPU), but its API key must be readable.
 pub async fn providers(config: &ServerConfig) -> anyhow::Result<Vec<Arc<dyn InferenceProvider>>> {
     let mut out: Vec<Arc<dyn InferenceProvider>> = Vec::new();
     for section in config.providers_or_default() {
@@ -60,6 +66,54 @@ pub async fn providers(config: &ServerConfig) -> anyhow::Result<Vec<Arc<dyn Infe
                 let provider = ComfyUiProvider::start(pool)
                     .await
                     .with_context(|| format!("starting provider '{name}'"))?;
+                out.push(Arc::new(provider));
+            }
+            ProviderSection::Verda {
+                ref name,
+                ref output_dir,
+                mode,
+                max_replicas,
+                concurrency,
+                cold_start_timeout_secs,
+                scan_interval_ms,
+                settle_ms,
+                failover_after,
+                cooldown_secs,
+                warm_for_secs,
+                ..
+            } => {
+                let url = section
+                    .verda_url()
+                    .ok_or_else(|| Fail::usage(format!("provider '{name}' has no deployment or url")))?;
+                let key = match section.api_key_source() {
+                    Some(ApiKeySource::File(path)) => ApiKey::from_file(&path),
+                    Some(ApiKeySource::Env(var)) => ApiKey::from_env(&var),
+                    _ => return Err(Fail::usage(format!("provider '{name}' has no API key source"))),
+                }
+                .map_err(|e| Fail::usage(format!("provider '{name}': {e}")))?;
+                let VerdaModeName::SharedDir = mode else {
+                    return Err(Fail::usage(format!(
+                        "provider '{name}': this mode is not built yet"
+                    )));
+                };
+                let shared = SharedDirConfig {
+                    scan_interval: Duration::from_millis(scan_interval_ms),
+                    settle: Duration::from_millis(settle_ms),
+                    ..SharedDirConfig::new(output_dir.clone())
+                };
+                let verda = VerdaConfig {
+                    max_replicas,
+                    concurrency,
+                    cold_start_timeout: Duration::from_secs(cold_start_timeout_secs),
+                    gate: GateConfig {
+                        warm_for: Duration::from_secs(warm_for_secs),
+                        failover_after,
+                        cooldown: Duration::from_secs(cooldown_secs),
+                    },
+                    ..VerdaConfig::new(name.clone(), url, Some(key), VerdaMode::SharedDir(shared))
+                };
+                let provider =
+                    VerdaProvider::start(verda).with_context(|| format!("starting provider '{name}'"))?;
                 out.push(Arc::new(provider));
             }
             other => {
@@ -175,6 +229,9 @@ fn summary(config: &ServerConfig) -> Vec<String> {
         .iter()
         .map(|p| match p {
             ProviderSection::Comfyui { name, urls, .. } => format!("{name} ({})", urls.join(", ")),
+            verda @ ProviderSection::Verda { name, .. } => {
+                format!("{name} (Verda {})", verda.verda_url().unwrap_or_default())
+            }
             other => other.name().to_string(),
         })
         .collect();

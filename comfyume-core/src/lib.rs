@@ -85,7 +85,10 @@ pub use dispatcher::{Dispatcher, DispatcherConfig, ProviderStatus};
 pub use error::{Error, Result};
 pub use event::{EventBus, EventKind, JobEvent};
 pub use job::{Failure, FailureKind, Job, JobId, JobSpec, JobState, Timestamp, UserId};
-pub use provider::{Capacity, Health, InferenceProvider, ProviderError, ProviderEvent, ProviderEventStream};
+pub use provider::{
+    Capacity, Health, InferenceProvider, ProviderError, ProviderEvent, ProviderEventStream, WAITING_FOR_GPU,
+    Warmth,
+};
 pub use scheduler::{JobKey, Policy, QueuedJob, Scheduler, SchedulerConfig, UserCaps, UserStats};
 pub use sink::{Artifact, LocalDirSink, OutputKind, OutputRef, OutputSink};
 pub use store::{

@@ -128,6 +128,37 @@ impl Health {
     }
 }
 
+/// Whether a provider's GPUs are up: a serverless deployment scales to zero and takes minutes to start a
+/// replica; a GPU box on the LAN is always on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Warmth {
+    /// No replica is known to be running: the next job waits for a GPU to start.
+    Cold,
+    /// A replica is being started for a job that waits for it.
+    Starting,
+    /// A replica answered recently: jobs start at once.
+    Warm,
+    /// Not a scale-to-zero provider (a GPU box, an in-process worker): nothing ever has to start.
+    #[default]
+    AlwaysOn,
+}
+
+impl Warmth {
+    /// `cold`, `starting`, `warm` or `always_on`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Warmth::AlwaysOn => "always_on",
+            Warmth::Cold => "cold",
+            Warmth::Starting => "starting",
+            Warmth::Warm => "warm",
+        }
+    }
+}
+
+/// What a provider emits, as [`ProviderEvent::Waiting`], while a job waits for a serverless GPU to start.
+pub const WAITING_FOR_GPU: &str = "waiting for a GPU to start";
+
 /// Why a provider refused or lost a job before it could produce events.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -206,6 +237,12 @@ pub trait InferenceProvider: Send + Sync {
     /// same process), is [`Health::Healthy`]; a provider that talks to anything remote must override it.
     async fn health(&self) -> Health {
         Health::Healthy
+    }
+
+    /// Whether its GPUs are up (see [`Warmth`]). The default, for providers that never scale to zero, is
+    /// [`Warmth::AlwaysOn`]; a serverless provider reports what it last observed.
+    fn warmth(&self) -> Warmth {
+        Warmth::AlwaysOn
     }
 
     /// How long to wait between health checks of this provider.

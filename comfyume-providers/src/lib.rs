@@ -10,6 +10,10 @@
 //!   as one [`comfyume_core::InferenceProvider`]: health from `/system_stats`, one websocket per
 //!   instance demultiplexed per job, outputs fetched and handed to the dispatcher as artifacts, the output
 //!   rewrite that keeps every job's files apart (`comfyume/<job_id>/…`), cancel and crash handling.
+//! - [`VerdaProvider`] ([`verda`]): a Verda serverless deployment (load-balanced replicas that scale
+//!   to zero) in shared-directory mode: outputs picked up from a shared output directory by a polling
+//!   scanner, cold starts reported as "waiting for a GPU to start", failover to the next deployment
+//!   after repeated failures ([`serverless`]).
 //! - [`sim`]: a protocol-faithful **simulated** ComfyUI worker for tests, demos and load tests (never
 //!   inference).
 //!
@@ -62,6 +66,10 @@ pub mod sim;
 pub mod comfyui;
 pub mod error;
 pub mod protocol;
+pub mod serverless;
+pub mod verda;
 
 pub use comfyui::{ComfyUiConfig, ComfyUiProvider, InstanceConfig, InstanceStatus};
 pub use error::{Error, Result};
+pub use serverless::ApiKey;
+pub use verda::{SharedDirConfig, VerdaConfig, VerdaMode, VerdaProvider};

@@ -20,6 +20,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ServerError;
 
+mod providers;
+
+pub use providers::{ApiKeySource, ProviderSection, VerdaModeName};
+
 /// The whole configuration, as read. Call [`ServerConfig::validate`] before use.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -224,51 +228,6 @@ impl EventsSection {
     }
 }
 
-/// One `[[providers]]` entry.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-#[non_exhaustive]
-pub enum ProviderSection {
-    /// A pool of ComfyUI instances (GPU boxes on the LAN or this host).
-    Comfyui {
-        /// Name for logs, metrics and the admin page.
-        #[serde(default = "default_provider_name")]
-        name: String,
-        /// Base URLs of the instances.
-        urls: Vec<String>,
-        /// Jobs each instance runs at once (ComfyUI runs one).
-        #[serde(default = "one")]
-        slots: usize,
-        /// Each instance's output directory (ComfyUI's `output/`), in the order of `urls`, when this
-        /// server can reach it (same host or a shared mount): a job's files there (`comfyume/<job>/`)
-        /// are deleted once stored in the owner's space. ComfyUI has no API to delete files, so without
-        /// it they stay. Empty (the default): nothing is deleted; an empty string skips one instance.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        output_dirs: Vec<PathBuf>,
-        /// A PEM file of certificate authorities to trust for `https://` instances besides the public
-        /// ones (a ComfyUI behind a TLS proxy with a self-signed or internal certificate).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        ca_file: Option<PathBuf>,
-    },
-}
-
-fn default_provider_name() -> String {
-    "comfyui".to_string()
-}
-
-fn one() -> usize {
-    1
-}
-
-impl ProviderSection {
-    /// The provider's name.
-    pub fn name(&self) -> &str {
-        match self {
-            ProviderSection::Comfyui { name, .. } => name,
-        }
-    }
-}
-
 /// Overrides from command-line flags: the last word on the keys they set.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Overrides {
@@ -378,54 +337,28 @@ impl ServerConfig {
         }
         let mut names = HashSet::new();
         for (i, provider) in self.providers.iter().enumerate() {
-            let ProviderSection::Comfyui {
-                name,
-                urls,
-                slots,
-                output_dirs,
-                ca_file,
-            } = provider;
-            if name.is_empty() || !names.insert(name.as_str()) {
+            let name = provider.name();
+            if name.is_empty() || !names.insert(name) {
                 return Err(bad(
                     &format!("providers[{i}].name"),
                     format!("'{name}' is empty or used twice"),
                 ));
             }
-            if urls.is_empty() {
-                return Err(bad(
-                    &format!("providers[{i}].urls"),
-                    "lists no instance".to_string(),
-                ));
-            }
-            for (k, url) in urls.iter().enumerate() {
-                if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-                    return Err(bad(
-                        &format!("providers[{i}].urls[{k}]"),
-                        format!("'{url}' is not an http(s) URL such as http://127.0.0.1:8188"),
-                    ));
-                }
-            }
-            if *slots == 0 {
-                return Err(bad(
-                    &format!("providers[{i}].slots"),
-                    "must be at least 1".to_string(),
-                ));
-            }
-            if let Some(path) = ca_file
-                && !path.is_file()
+            provider
+                .validate()
+                .map_err(|(key, why)| bad(&format!("providers[{i}].{key}"), why))?;
+            if let ProviderSection::Verda {
+                cold_start_timeout_secs,
+                ..
+            } = provider
+                && *cold_start_timeout_secs >= j.start_timeout_secs
             {
                 return Err(bad(
-                    &format!("providers[{i}].ca_file"),
-                    format!("{} is not a file", path.display()),
-                ));
-            }
-            if !output_dirs.is_empty() && output_dirs.len() != urls.len() {
-                return Err(bad(
-                    &format!("providers[{i}].output_dirs"),
+                    &format!("providers[{i}].cold_start_timeout_secs"),
                     format!(
-                        "lists {} directories for {} urls (one per url, in the same order; \"\" for none)",
-                        output_dirs.len(),
-                        urls.len()
+                        "{cold_start_timeout_secs} s does not fit jobs.start_timeout_secs = {} s (the cold-start \
+                         budget must end first, so that the job can fail over)",
+                        j.start_timeout_secs
                     ),
                 ));
             }
@@ -453,7 +386,7 @@ impl ServerConfig {
     pub fn providers_or_default(&self) -> Vec<ProviderSection> {
         if self.providers.is_empty() {
             vec![ProviderSection::Comfyui {
-                name: default_provider_name(),
+                name: providers::default_provider_name(),
                 urls: vec!["http://127.0.0.1:8188".to_string()],
                 slots: 1,
                 output_dirs: Vec::new(),
@@ -549,6 +482,63 @@ mod tests {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../comfyume.example.toml");
         let c = ServerConfig::load_with_env(Some(&example), &Overrides::default(), no_env()).unwrap();
         assert!(!c.providers.is_empty());
+    }
+
+    /// The commented-out example of a provider kind in `comfyume.example.toml`, uncommented.
+    fn example_block(kind: &str) -> String {
+        let example =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../comfyume.example.toml"))
+                .unwrap();
+        let start = format!("# --- {kind} example ---");
+        let end = format!("# --- end {kind} example ---");
+        let block = &example[example.find(&start).unwrap() + start.len()..example.find(&end).unwrap()];
+        block
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_verda_example_is_valid_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), &example_block("verda"));
+        let c = ServerConfig::load_with_env(Some(&path), &Overrides::default(), no_env()).unwrap();
+        let p = &c.providers[0];
+        assert_eq!(p.name(), "verda-h200-spot");
+        assert_eq!(
+            p.verda_url().as_deref(),
+            Some("https://containers.datacrunch.io/comfyui-h200-spot")
+        );
+        assert_eq!(
+            p.api_key_source(),
+            Some(ApiKeySource::Env("VERDA_API_KEY".into()))
+        );
+
+        for (change, key) in [
+            ("url = \"https://example.com/x\"\n", "providers[0].deployment"),
+            ("max_replicas = 0\n", "providers[0].max_replicas"),
+            (
+                "cold_start_timeout_secs = 900\n",
+                "providers[0].cold_start_timeout_secs",
+            ),
+            (
+                "api_key_file = \"/run/secrets/verda\"\n",
+                "providers[0].api_key_file",
+            ),
+            ("api_key = \"sk-in-the-file\"\n", "api_key"),
+        ] {
+            let text = example_block("verda")
+                .lines()
+                .filter(|l| !change.starts_with(&format!("{} ", l.split(' ').next().unwrap_or("#"))))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let path = write(dir.path(), &format!("{text}\n{change}"));
+            let err = ServerConfig::load_with_env(Some(&path), &Overrides::default(), no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{change}: {err}");
+        }
     }
 
     #[test]

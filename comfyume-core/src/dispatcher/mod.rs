@@ -38,7 +38,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::event::{EventBus, EventKind, JobEvent};
 use crate::job::{Failure, FailureKind, Job, JobId, JobSpec, JobState, Timestamp};
-use crate::provider::{Health, InferenceProvider};
+use crate::provider::{Health, InferenceProvider, Warmth};
 use crate::scheduler::{JobKey, QueuedJob, Scheduler, SchedulerConfig};
 use crate::sink::OutputSink;
 use crate::store::{CancelOutcome, JobFilter, JobStore, Lease, ReapOutcome};
@@ -53,6 +53,8 @@ pub struct ProviderStatus {
     pub name: String,
     /// Its health at the last check.
     pub health: Health,
+    /// Whether its GPUs are up (a serverless deployment may be cold or starting).
+    pub warmth: Warmth,
     /// Slots it reports now.
     pub slots: usize,
     /// Jobs this dispatcher has running on it.
@@ -326,6 +328,7 @@ impl Dispatcher {
             .map(|slot| ProviderStatus {
                 name: slot.provider.name().to_string(),
                 health: lock(&slot.health).clone(),
+                warmth: slot.provider.warmth(),
                 slots: slot.provider.capacity().slots,
                 in_flight: slot.in_flight.load(Ordering::SeqCst),
                 draining: slot.draining.load(Ordering::SeqCst),

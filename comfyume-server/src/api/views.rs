@@ -404,6 +404,11 @@ pub struct ProviderView {
     pub name: String,
     /// Its health at the last check.
     pub health: HealthView,
+    /// `always_on` (a GPU box: never scales to zero), `warm` (a serverless replica answered recently),
+    /// `starting` (a GPU is being started for a waiting job) or `cold` (scaled to zero: the next job waits
+    /// for a GPU to start).
+    #[schema(value_type = String, example = "warm")]
+    pub warmth: &'static str,
     /// Jobs it can run at once.
     pub slots: usize,
     /// Jobs running on it now.
@@ -426,6 +431,7 @@ impl ProviderView {
                 status,
                 reason: reason.filter(|_| detail),
             },
+            warmth: p.warmth.as_str(),
             slots: p.slots,
             in_flight: p.in_flight,
             draining: p.draining,

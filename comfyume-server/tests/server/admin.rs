@@ -485,6 +485,8 @@ async fn usage_jobs_history_and_the_live_dashboard_show_what_happened() {
     );
     assert_eq!(dash["audit"][0]["text"], "paused alice");
     assert_eq!(dash["providers"][0]["in_flight"], 1);
+    // An in-process test provider never scales to zero.
+    assert_eq!(dash["providers"][0]["warmth"], "always_on");
 
     // The same from the REST routes: jobs with waits and run times, usage, history.
     let list = admin(&s, Method::GET, "/api/v1/admin/jobs?finished=5", None).await;
