@@ -172,7 +172,11 @@ pub fn content_disposition(filename: &str, content_type: &str, download: bool) -
     format!("{disposition}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
 }
 
-async fn serve_file(state: &AppState, output: &OutputRef, download: bool) -> Result<Response, ApiError> {
+pub(crate) async fn serve_file(
+    state: &AppState,
+    output: &OutputRef,
+    download: bool,
+) -> Result<Response, ApiError> {
     let gone = || ApiError::not_found(format!("the file '{}' is no longer stored", output.filename));
     let (body, length) = match (output.value_bytes(), state.local_files()) {
         // A result kept with the job (a node's text): rendered, never read from disk.

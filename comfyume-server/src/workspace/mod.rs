@@ -16,8 +16,34 @@
 //!
 //! The frontend is installed with `comfyume frontend install` into `workspace.frontend_dir` (see
 //! [`frontend`]).
+//!
+//! The ComfyUI API, at `/u/<user>/<route>` and `/u/<user>/api/<route>` (ComfyUI registers both), every
+//! answer scoped to the workspace's owner:
+//!
+//! | route | module |
+//! |---|---|
+//! | `users`, `settings` (+ `settings/{id}`), `extensions`, `features`, `system_stats`, `i18n`, `global_subgraphs`, `node_replacements`, `experiment/models`, `embeddings`, `models` | [`info`] |
+//! | `prompt`, `queue`, `history`, `jobs` (+ cancel), `interrupt` | [`jobs`] |
+//! | `view` | [`files`] |
+//! | `upload/image` | [`inputs`] |
+//! | `userdata` (list, get, post, delete, move) | [`userdata`] |
+//! | `workflow_templates` | [`templates`] |
+//! | `ws` | [`ws`] |
+//!
+//! Anything else answers like ComfyUI answers an unknown route: it falls through to the frontend's
+//! files, and a file that is not there is an empty 404.
+//!
+//! A user's ComfyUI files live in `<data_dir>/users/<user>/comfyui/` (settings, saved workflows), next to
+//! their outputs (`output/`, `temp/`, by job) and uploaded inputs (`input/`).
 
+pub mod files;
 pub mod frontend;
+pub mod info;
+pub mod inputs;
+pub mod jobs;
+pub mod templates;
+pub mod userdata;
+pub mod ws;
 
 use std::path::{Path, PathBuf};
 
@@ -27,7 +53,7 @@ use axum::extract::{FromRequestParts, RawPathParams, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, delete, get, post};
 use comfyume_core::UserId;
 use serde::{Deserialize, Serialize};
 use tower::ServiceExt;
@@ -44,6 +70,10 @@ pub struct WorkspaceSection {
     /// The ComfyUI frontend's static files (default `<data_dir>/frontend`), as `comfyume frontend
     /// install` writes them.
     pub frontend_dir: Option<PathBuf>,
+    /// The operator's workflow templates, seen by every user (default `<data_dir>/templates`).
+    pub templates_dir: Option<PathBuf>,
+    /// A template (a file name in `templates_dir`) that opens on a user's first visit.
+    pub default_workflow: Option<String>,
 }
 
 impl WorkspaceSection {
@@ -53,16 +83,187 @@ impl WorkspaceSection {
             .clone()
             .unwrap_or_else(|| data_dir.join("frontend"))
     }
+
+    /// The templates directory for a server whose data directory is `data_dir`.
+    pub fn templates_dir(&self, data_dir: &Path) -> PathBuf {
+        self.templates_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("templates"))
+    }
+}
+
+/// Where comfyume's own workspace extension is served (listed by `GET /extensions`).
+pub const EXTENSION_PATH: &str = "/extensions/comfyume/comfyume.js";
+
+const EXTENSION: &str = include_str!("../../assets/workspace/comfyume.js");
+
+/// One user's directories.
+#[derive(Clone, Debug)]
+pub struct UserDirs {
+    root: PathBuf,
+}
+
+impl UserDirs {
+    /// The directories of `user` under `data_dir`.
+    pub fn new(data_dir: &Path, user: &UserId) -> Self {
+        Self {
+            root: data_dir.join("users").join(user.as_str()),
+        }
+    }
+
+    /// The ComfyUI user directory: settings, saved workflows, `user.css`.
+    pub fn comfy(&self) -> PathBuf {
+        self.root.join("comfyui")
+    }
+
+    /// The settings file.
+    pub fn settings_file(&self) -> PathBuf {
+        self.comfy().join("comfy.settings.json")
+    }
+
+    /// Uploaded inputs.
+    pub fn input(&self) -> PathBuf {
+        self.root.join("input")
+    }
+}
+
+fn config_of(state: &AppState) -> &WorkspaceSection {
+    &state.config().workspace
+}
+
+/// ComfyUI's plain-text error answer.
+pub(crate) fn comfy_error(status: StatusCode, text: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text.to_string(),
+    )
+        .into_response()
+}
+
+/// Writes `data` to `path` atomically (a temporary file renamed into place), creating its directory.
+pub(crate) async fn write_atomically(path: &Path, data: axum::body::Bytes) -> std::io::Result<()> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        tmp.write_all(&data)?;
+        tmp.as_file().sync_data()?;
+        tmp.persist(&path).map_err(|e| e.error)?;
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// The ComfyUI routes, each at `/u/{user}/<route>` and `/u/{user}/api/<route>`.
+fn api_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("users", get(info::users)),
+        ("settings", get(info::settings).post(info::post_settings)),
+        ("settings/{id}", get(info::setting).post(info::post_setting)),
+        ("extensions", get(info::extensions)),
+        ("features", get(info::features)),
+        ("system_stats", get(info::system_stats)),
+        ("i18n", get(info::empty_object)),
+        ("global_subgraphs", get(info::empty_object)),
+        ("global_subgraphs/{id}", get(info::none_by_that_name)),
+        ("node_replacements", get(info::empty_object)),
+        ("embeddings", get(info::empty_list)),
+        ("models", get(info::model_folders)),
+        ("models/{folder}", get(info::none_by_that_name)),
+        ("experiment/models", get(info::empty_list)),
+        ("experiment/models/{folder}", get(info::none_by_that_name)),
+        ("workflow_templates", get(templates::list)),
+        ("workflow_templates/{node}/{file}", get(templates::get)),
+        ("prompt", get(jobs::get_prompt).post(jobs::post_prompt)),
+        ("queue", get(jobs::get_queue).post(jobs::post_queue)),
+        ("history", get(jobs::history).post(jobs::post_history)),
+        ("history/{id}", get(jobs::history_one)),
+        ("jobs", get(jobs::list)),
+        ("jobs/cancel", post(jobs::cancel_many)),
+        ("jobs/{id}", get(jobs::get)),
+        ("jobs/{id}/cancel", post(jobs::cancel)),
+        ("interrupt", post(jobs::interrupt)),
+        ("view", get(files::view)),
+        ("upload/image", post(inputs::upload)),
+        ("userdata", get(userdata::list)),
+        (
+            "userdata/{file}",
+            get(userdata::get)
+                .post(userdata::post)
+                .merge(delete(userdata::delete)),
+        ),
+        ("userdata/{file}/move/{dest}", post(userdata::rename)),
+    ]
+}
+
+/// Every ComfyUI route of a workspace, as `(method, path template)`, for tests that walk them all.
+pub fn api_endpoints() -> Vec<(&'static str, String)> {
+    let mut all = Vec::new();
+    for (path, _) in api_routes() {
+        for prefix in ["/u/{user}/", "/u/{user}/api/"] {
+            all.push((prefix, path));
+        }
+    }
+    let methods = |path: &str| -> Vec<&'static str> {
+        match path {
+            "settings" | "settings/{id}" | "prompt" | "queue" | "history" | "userdata/{file}" => {
+                let mut m = vec!["GET", "POST"];
+                if path == "userdata/{file}" {
+                    m.push("DELETE");
+                }
+                m
+            }
+            "jobs/cancel"
+            | "jobs/{id}/cancel"
+            | "interrupt"
+            | "upload/image"
+            | "userdata/{file}/move/{dest}" => {
+                vec!["POST"]
+            }
+            _ => vec!["GET"],
+        }
+    };
+    all.into_iter()
+        .flat_map(|(prefix, path)| {
+            methods(path)
+                .into_iter()
+                .map(move |m| (m, format!("{prefix}{path}")))
+        })
+        .collect()
 }
 
 /// The workspace's routes (see the module documentation).
 pub fn routes() -> Router<AppState> {
-    Router::new()
+    let mut router = Router::new()
         .route("/u/{user}", get(without_slash))
         .route("/u/{user}/", get(index))
+        .route("/u/{user}/ws", get(ws::ws))
+        .route(&format!("/u/{{user}}{EXTENSION_PATH}"), get(extension))
         .route("/u/{user}/{*path}", get(static_file))
         .route("/assets/images/{*path}", get(root_asset))
-        .route("/assets/favicon.ico", get(root_asset))
+        .route("/assets/favicon.ico", get(root_asset));
+    for (path, handler) in api_routes() {
+        router = router
+            .route(&format!("/u/{{user}}/{path}"), handler.clone())
+            .route(&format!("/u/{{user}}/api/{path}"), handler);
+    }
+    router.layer(tower_http::compression::CompressionLayer::new())
+}
+
+/// comfyume's workspace extension (queue position and GPU wait in the page).
+async fn extension(_ws: Workspace) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        EXTENSION,
+    )
+        .into_response()
 }
 
 /// The logged-in user whose workspace a request is for: the `{user}` of the path must be who is logged
@@ -71,6 +272,8 @@ pub fn routes() -> Router<AppState> {
 pub struct Workspace {
     /// Who is logged in (and owns the workspace).
     pub principal: Principal,
+    /// Their directories.
+    pub dirs: UserDirs,
 }
 
 impl Workspace {
@@ -99,7 +302,8 @@ impl FromRequestParts<AppState> for Workspace {
                 principal.user
             )));
         }
-        Ok(Workspace { principal })
+        let dirs = UserDirs::new(&state.config().data_dir, &principal.user);
+        Ok(Workspace { principal, dirs })
     }
 }
 
@@ -113,17 +317,21 @@ async fn without_slash(uri: Uri) -> Redirect {
 async fn index(State(state): State<AppState>, request: Request) -> Response {
     let (mut parts, _) = request.into_parts();
     let path = parts.uri.path().to_string();
-    match Workspace::from_request_parts(&mut parts, &state).await {
-        Ok(_) => {}
+    let ws = match Workspace::from_request_parts(&mut parts, &state).await {
+        Ok(ws) => ws,
         Err(e) if e.status == StatusCode::UNAUTHORIZED => {
             let next = percent_encoding::utf8_percent_encode(&path, percent_encoding::NON_ALPHANUMERIC);
             return Redirect::to(&format!("/login?next={next}")).into_response();
         }
         Err(e) => return e.into_response(),
-    }
+    };
     let dir = frontend_dir(&state);
     match tokio::fs::read(dir.join("index.html")).await {
-        Ok(html) => {
+        Ok(mut html) => {
+            if let Some(script) = templates::first_visit_script(&state, &ws).await {
+                let text = String::from_utf8_lossy(&html).replacen("<head>", &format!("<head>{script}"), 1);
+                html = text.into_bytes();
+            }
             let mut response = Body::from(html).into_response();
             let headers = response.headers_mut();
             headers.insert(

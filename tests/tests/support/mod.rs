@@ -7,6 +7,7 @@
 
 pub mod browser;
 pub mod frontend;
+pub mod workspace;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

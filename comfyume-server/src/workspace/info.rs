@@ -1,0 +1,229 @@
+//! The workspace's descriptive routes: who the user is (`users`), their settings, the frontend's
+//! extensions, what the server supports (`features`), what it is (`system_stats`), and the catalogues
+//! comfyume has nothing in (translations, subgraph blueprints, node replacements, models, embeddings),
+//! answered in ComfyUI's shapes so the frontend starts cleanly.
+
+use std::path::Path;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use super::{UserDirs, Workspace, comfy_error, frontend};
+use crate::state::AppState;
+
+/// Largest settings file kept (the frontend's settings are a few KB).
+const MAX_SETTINGS: usize = 1024 * 1024;
+
+/// `GET /users`: ComfyUI's single-user shape (no `users` key), so the frontend shows no user picker:
+/// comfyume has already logged the user in.
+pub async fn users(_ws: Workspace) -> Json<Value> {
+    Json(json!({"storage": "server", "migrated": true}))
+}
+
+/// Serialises writes of settings files (the frontend posts several settings at once at start-up).
+static SETTINGS_WRITE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn read_settings(dirs: &UserDirs) -> Map<String, Value> {
+    match tokio::fs::read(dirs.settings_file()).await {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        Err(_) => Map::new(),
+    }
+}
+
+async fn write_settings(dirs: &UserDirs, settings: &Map<String, Value>) -> Result<(), Response> {
+    let path = dirs.settings_file();
+    let text = serde_json::to_vec_pretty(settings).unwrap_or_default();
+    if text.len() > MAX_SETTINGS {
+        return Err(comfy_error(StatusCode::BAD_REQUEST, "settings are too large"));
+    }
+    super::write_atomically(&path, text.into()).await.map_err(|e| {
+        tracing::error!(error = %e, path = %path.display(), "could not save settings");
+        comfy_error(StatusCode::INTERNAL_SERVER_ERROR, "could not save the settings")
+    })
+}
+
+/// `GET /settings`: every setting of this user (`{}` before the first).
+pub async fn settings(ws: Workspace) -> Json<Map<String, Value>> {
+    Json(read_settings(&ws.dirs).await)
+}
+
+/// `POST /settings`: merges a JSON object into this user's settings.
+pub async fn post_settings(ws: Workspace, body: Bytes) -> Response {
+    let Ok(Value::Object(new)) = serde_json::from_slice::<Value>(&body) else {
+        return comfy_error(StatusCode::BAD_REQUEST, "settings must be a JSON object");
+    };
+    let _guard = SETTINGS_WRITE.lock().await;
+    let mut settings = read_settings(&ws.dirs).await;
+    settings.extend(new);
+    match write_settings(&ws.dirs, &settings).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `GET /settings/{id}`: one setting, or `null`.
+pub async fn setting(
+    ws: Workspace,
+    axum::extract::Path(params): axum::extract::Path<Vec<(String, String)>>,
+) -> Json<Value> {
+    let id = param(&params, "id");
+    Json(read_settings(&ws.dirs).await.remove(id).unwrap_or(Value::Null))
+}
+
+/// `POST /settings/{id}`: sets one setting to the JSON body.
+pub async fn post_setting(
+    ws: Workspace,
+    axum::extract::Path(params): axum::extract::Path<Vec<(String, String)>>,
+    body: Bytes,
+) -> Response {
+    let id = param(&params, "id").to_string();
+    let Ok(value) = serde_json::from_slice::<Value>(&body) else {
+        return comfy_error(StatusCode::BAD_REQUEST, "a setting's value must be JSON");
+    };
+    let _guard = SETTINGS_WRITE.lock().await;
+    let mut settings = read_settings(&ws.dirs).await;
+    settings.insert(id, value);
+    match write_settings(&ws.dirs, &settings).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(r) => r,
+    }
+}
+
+/// A path parameter by name (empty when absent).
+pub(crate) fn param<'a>(params: &'a [(String, String)], name: &str) -> &'a str {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+/// `GET /extensions`: the frontend's own core extensions (every `extensions/**/*.js` of the installed
+/// frontend, as ComfyUI lists its web root), plus comfyume's (queue position and GPU wait, see
+/// [`super::ws`]).
+pub async fn extensions(State(state): State<AppState>, _ws: Workspace) -> Json<Vec<String>> {
+    let dir = super::frontend_dir(&state);
+    let mut found = tokio::task::spawn_blocking(move || {
+        let mut found = Vec::new();
+        list_js(&dir.join("extensions"), "/extensions", &mut found);
+        found
+    })
+    .await
+    .unwrap_or_default();
+    found.sort();
+    found.push(super::EXTENSION_PATH.to_string());
+    Json(found)
+}
+
+fn list_js(dir: &Path, url: &str, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let path = entry.path();
+        if path.is_dir() {
+            list_js(&path, &format!("{url}/{name}"), out);
+        } else if name.ends_with(".js") {
+            out.push(format!("{url}/{name}"));
+        }
+    }
+}
+
+/// `GET /features`: what this server supports, in ComfyUI's keys.
+pub async fn features(State(state): State<AppState>, _ws: Workspace) -> Json<Value> {
+    Json(features_value(&state))
+}
+
+/// The `features` answer (also the reply to the WebSocket's `feature_flags`).
+pub fn features_value(state: &AppState) -> Value {
+    json!({
+        "supports_preview_metadata": true,
+        "supports_model_type_tags": true,
+        "max_upload_size": state.config().max_body_bytes,
+        "node_replacements": true,
+        "assets": false,
+    })
+}
+
+/// `GET /system_stats`: comfyume and its providers, honestly: no local GPU, the providers by name and
+/// health; versions are comfyume's and the frontend's.
+pub async fn system_stats(State(state): State<AppState>, _ws: Workspace) -> Json<Value> {
+    let installed = frontend::installed(&super::frontend_dir(&state));
+    let frontend_version = installed.map_or_else(|| frontend::VERSION.to_string(), |i| i.version);
+    let devices: Vec<Value> = state
+        .engine()
+        .providers()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            json!({
+                "name": format!("comfyume provider {} ({})", p.name, if p.health.is_usable() { "healthy" } else { "unavailable" }),
+                "type": "provider",
+                "index": i,
+                "vram_total": 0, "vram_free": 0, "torch_vram_total": 0, "torch_vram_free": 0,
+            })
+        })
+        .collect();
+    Json(json!({
+        "system": {
+            "os": std::env::consts::OS,
+            "ram_total": 0,
+            "ram_free": 0,
+            "comfyui_version": format!("comfyume {}", env!("CARGO_PKG_VERSION")),
+            "required_frontend_version": frontend::VERSION,
+            "installed_templates_version": null,
+            "required_templates_version": null,
+            "comfy_package_versions": [{"name": "comfyui-frontend-package", "installed": frontend_version, "required": frontend::VERSION}],
+            "python_version": "none: comfyume serves this workspace; jobs run on the providers listed as devices",
+            "pytorch_version": "none",
+            "embedded_python": false,
+            "deploy_environment": "comfyume",
+            "argv": [],
+        },
+        "devices": devices,
+    }))
+}
+
+/// `GET /i18n`, `GET /workflow_templates` (see [`super::templates`] for the operator's templates),
+/// `GET /node_replacements`, `GET /global_subgraphs`: empty catalogues, as a ComfyUI without custom nodes.
+pub async fn empty_object(_ws: Workspace) -> Json<Value> {
+    Json(json!({}))
+}
+
+/// `GET /embeddings`, `GET /experiment/models`: nothing here (the models live with the providers).
+pub async fn empty_list(_ws: Workspace) -> Json<Value> {
+    Json(json!([]))
+}
+
+/// `GET /models`: ComfyUI's model folder names (their contents live with the providers).
+pub async fn model_folders(_ws: Workspace) -> Json<Value> {
+    Json(json!([
+        "checkpoints",
+        "configs",
+        "loras",
+        "vae",
+        "text_encoders",
+        "diffusion_models",
+        "clip_vision",
+        "style_models",
+        "embeddings",
+        "diffusers",
+        "vae_approx",
+        "controlnet",
+        "gligen",
+        "upscale_models",
+        "hypernetworks",
+        "photomaker",
+        "classifiers"
+    ]))
+}
+
+/// `GET /global_subgraphs/{id}`, `GET /models/{folder}`, `GET /experiment/models/{folder}`: nothing
+/// by that name (an empty 404, as ComfyUI answers an unknown one).
+pub async fn none_by_that_name(_ws: Workspace) -> StatusCode {
+    StatusCode::NOT_FOUND
+}
