@@ -94,5 +94,7 @@ pub use sink::{Artifact, LocalDirSink, OutputKind, OutputRef, OutputSink};
 pub use store::{
     CancelOutcome, JobFilter, JobStatus, JobStore, Lease, LeaseStatus, MemoryStore, ReapOutcome,
 };
+#[cfg(feature = "redis")]
+pub use store::{RedisOptions, RedisStore};
 #[cfg(feature = "sqlite")]
 pub use store::{SqliteBlocking, SqliteOptions, SqliteStore, Synchronous};

@@ -82,6 +82,8 @@ pub enum StoreBackend {
     Sqlite,
     /// In memory: every job is lost when the server stops. For demos and tests.
     Memory,
+    /// One Redis shared by several servers (`url`, `pool`): they serve one queue.
+    Redis,
 }
 
 /// How hard the SQLite store pushes commits to disk.
@@ -99,10 +101,15 @@ pub enum SyncMode {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSection {
-    /// `sqlite` or `memory`.
+    /// `sqlite`, `memory` or `redis`.
     pub backend: StoreBackend,
     /// The SQLite file (default `<data_dir>/comfyume.db`).
     pub path: Option<PathBuf>,
+    /// The Redis (backend `redis`): `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS.
+    pub url: Option<String>,
+    /// The pool in that Redis (backend `redis`; default `comfyume`): servers with the same pool serve one
+    /// queue, other pools in the same Redis are separate.
+    pub pool: Option<String>,
     /// `normal` or `full`.
     pub synchronous: SyncMode,
 }
@@ -301,6 +308,23 @@ impl ServerConfig {
                 format!("{} is outside 2..=1024", self.max_json_depth),
             ));
         }
+        if self.store.backend == StoreBackend::Redis {
+            match self.store.url.as_deref() {
+                Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {}
+                Some(_) => {
+                    return Err(bad(
+                        "store.url",
+                        "must start with redis:// or rediss://".to_owned(),
+                    ));
+                }
+                None => {
+                    return Err(bad(
+                        "store.url",
+                        "the redis backend needs the Redis's URL (redis://host:6379)".to_owned(),
+                    ));
+                }
+            }
+        }
         let j = &self.jobs;
         if j.lease_ttl_secs == 0 || j.heartbeat_secs == 0 || j.heartbeat_secs * 2 > j.lease_ttl_secs {
             return Err(bad(
@@ -475,6 +499,26 @@ mod tests {
         assert_eq!(c.store_path(), PathBuf::from("comfyume-data/comfyume.db"));
         assert_eq!(c.providers_or_default()[0].name(), "comfyui");
         assert_eq!(c.scheduler_config().policy, Policy::RoundRobin);
+    }
+
+    #[test]
+    fn the_redis_backend_needs_a_redis_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |text: &str| {
+            let path = write(dir.path(), text);
+            ServerConfig::load_with_env(Some(&path), &Overrides::default(), no_env())
+                .map_err(|e| e.to_string())
+        };
+        let err = load("[store]\nbackend = \"redis\"\n").unwrap_err();
+        assert!(err.contains("store.url") && err.contains("redis://"), "{err}");
+        let err = load("[store]\nbackend = \"redis\"\nurl = \"http://x\"\n").unwrap_err();
+        assert!(err.contains("store.url"), "{err}");
+        let c =
+            load("[store]\nbackend = \"redis\"\nurl = \"rediss://:pw@h:6380\"\npool = \"room-1\"\n").unwrap();
+        assert_eq!(
+            (c.store.backend, c.store.pool.as_deref()),
+            (StoreBackend::Redis, Some("room-1"))
+        );
     }
 
     #[test]

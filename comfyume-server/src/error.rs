@@ -122,6 +122,15 @@ impl From<comfyume_core::Error> for ApiError {
                 "shutting_down",
                 "the server is shutting down and takes no new jobs; try again in a moment",
             ),
+            E::Store(detail) => {
+                tracing::error!(error = %detail, "job store unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the job store cannot be reached right now, so nothing was changed; try again in a moment \
+                     (a job resubmitted with the same id is accepted once)",
+                )
+            }
             other => Self::internal(other),
         }
     }
@@ -139,7 +148,10 @@ mod tests {
             (StatusCode::TOO_MANY_REQUESTS, "limit_reached")
         );
         let e: ApiError = comfyume_core::Error::Store("disk /secret/path broke".into()).into();
-        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+        );
         assert!(!e.message.contains("/secret/path"));
         let e: ApiError = comfyume_core::Error::InvalidInput("bad id".into()).into();
         assert_eq!(

@@ -72,6 +72,17 @@ pub async fn build(
             Arc::new(comfyume_core::SqliteStore::open(config.store_path(), options)?)
         }
         config::StoreBackend::Memory => Arc::new(MemoryStore::new()),
+        config::StoreBackend::Redis => {
+            let url = config.store.url.as_deref().unwrap_or_default();
+            let mut options = comfyume_core::RedisOptions::default();
+            if let Some(pool) = &config.store.pool {
+                options = options.with_pool(pool.clone());
+            }
+            let store = comfyume_core::RedisStore::connect(url, options)
+                .await
+                .map_err(|e| ServerError::Config(format!("the Redis job store: {e}")))?;
+            Arc::new(store)
+        }
     };
     let auth = Auth::from_config(&config)?;
     let sink = LocalDirSink::new(&config.data_dir);

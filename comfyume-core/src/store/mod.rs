@@ -2,7 +2,8 @@
 //!
 //! [`JobStore`] is the contract; [`MemoryStore`] keeps jobs in memory (tests, benches, embedding) and
 //! [`SqliteStore`] (feature `sqlite`, on by default) keeps them in one SQLite file, the default for a single
-//! server. Both pass the same conformance suite ([`conformance`]).
+//! server. `RedisStore` (feature `redis`) keeps them in one Redis shared by several servers. All of them
+//! pass the same conformance suite ([`conformance`]).
 //!
 //! Every method is one atomic state change: it happens whole or not at all, and its result says which.
 //! Claims are leases with a random token and an expiry; a holder renews with [`JobStore::heartbeat`];
@@ -24,10 +25,14 @@ use crate::sink::OutputRef;
 pub mod conformance;
 mod memory;
 mod record;
+#[cfg(feature = "redis")]
+mod redis_store;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use redis_store::{RedisOptions, RedisStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteBlocking, SqliteOptions, SqliteStore, Synchronous};
 
