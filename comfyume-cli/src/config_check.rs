@@ -60,6 +60,7 @@ pub fn summary(c: &ServerConfig) -> Vec<String> {
             name_of(&c.store.synchronous)
         ),
         StoreBackend::Memory => "memory (jobs are lost at every restart)".to_string(),
+        StoreBackend::Redis => format!("redis {}", c.redis_summary()),
     };
     let creds = c.credentials_path();
     let users = match Credentials::load(&creds) {

@@ -223,6 +223,7 @@ fn summary(config: &ServerConfig) -> Vec<String> {
     let store = match config.store.backend {
         StoreBackend::Sqlite => format!("SQLite {}", config.store_path().display()),
         StoreBackend::Memory => "in memory (jobs are lost at every restart)".to_string(),
+        StoreBackend::Redis => format!("Redis {}", config.redis_summary()),
     };
     let providers: Vec<String> = config
         .providers_or_default()

@@ -390,6 +390,17 @@ impl ServerConfig {
         Ok(())
     }
 
+    /// The Redis of the job store and its pool, for people to read: the password is left out.
+    pub fn redis_summary(&self) -> String {
+        let url = self.store.url.as_deref().unwrap_or("(no url)");
+        let shown = match (url.split_once("://"), url.rfind('@')) {
+            (Some((scheme, _)), Some(at)) => format!("{scheme}://***{}", &url[at..]),
+            _ => url.to_owned(),
+        };
+        let pool = self.store.pool.as_deref().unwrap_or("comfyume");
+        format!("{shown} (pool {pool})")
+    }
+
     /// The SQLite file of the job store.
     pub fn store_path(&self) -> PathBuf {
         self.store
