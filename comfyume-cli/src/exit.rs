@@ -17,7 +17,8 @@ pub enum Exit {
     Usage = 2,
     /// The server cannot be reached, or refused the credentials.
     Connection = 3,
-    /// The job failed or was cancelled.
+    /// The job failed or was cancelled, or its workflow was refused at submit as one no provider can run
+    /// (unknown node, missing input, bad value: the same mistakes that fail a job).
     JobFailed = 4,
 }
 

@@ -87,7 +87,7 @@ pub use event::{EventBus, EventKind, JobEvent};
 pub use job::{Failure, FailureKind, Job, JobId, JobSpec, JobState, Timestamp, UserId};
 pub use provider::{
     Capacity, Health, InferenceProvider, ProviderError, ProviderEvent, ProviderEventStream, WAITING_FOR_GPU,
-    Warmth,
+    Warmth, WorkflowCheck,
 };
 pub use scheduler::{JobKey, Policy, QueuedJob, Scheduler, SchedulerConfig, UserCaps, UserStats};
 pub use sink::{Artifact, LocalDirSink, OutputKind, OutputRef, OutputSink};

@@ -159,6 +159,26 @@ impl Warmth {
 /// What a provider emits, as [`ProviderEvent::Waiting`], while a job waits for a serverless GPU to start.
 pub const WAITING_FOR_GPU: &str = "waiting for a GPU to start";
 
+/// What a provider says about a workflow before it is queued ([`InferenceProvider::check_workflow`]).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum WorkflowCheck {
+    /// The provider cannot tell yet (it has not seen its node catalogue): the job is accepted and any
+    /// problem is reported by the provider when the job runs.
+    Unknown,
+    /// The provider can run it.
+    Valid,
+    /// The provider cannot run it.
+    Invalid {
+        /// What is wrong, in one line a person can act on ("node 1 (EmptyImage): Required input is
+        /// missing: color").
+        message: String,
+        /// The full answer, in ComfyUI's own 400 shape: `{"error": {type, message, details,
+        /// extra_info}, "node_errors": {…}}`.
+        body: serde_json::Value,
+    },
+}
+
 /// Why a provider refused or lost a job before it could produce events.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -198,6 +218,16 @@ pub trait InferenceProvider: Send + Sync {
 
     /// Starts a job. Returns once the provider accepted it; events follow on the stream.
     async fn submit(&self, job: &Job) -> Result<ProviderEventStream, ProviderError>;
+
+    /// Checks a workflow against what this provider can run (a ComfyUI's node catalogue), before it is
+    /// queued, so a broken workflow is refused at once instead of failing when its turn comes.
+    /// `inputs` are the names of the owner's uploaded inputs, which the provider ships with the job (a
+    /// `LoadImage` may name them). Must be quick: answer from what is cached, fetch at most rarely. The
+    /// default, for providers with no catalogue, is [`WorkflowCheck::Unknown`].
+    async fn check_workflow(&self, workflow: &serde_json::Value, inputs: &[String]) -> WorkflowCheck {
+        let _ = (workflow, inputs);
+        WorkflowCheck::Unknown
+    }
 
     /// Stops a job, queued or running on the provider. Idempotent; unknown jobs are not an error.
     ///

@@ -63,10 +63,12 @@
 
 pub mod sim;
 
+pub mod catalogue;
 pub mod comfyui;
 pub mod error;
 pub mod protocol;
 pub mod serverless;
+pub mod validate;
 pub mod verda;
 
 pub use comfyui::{ComfyUiConfig, ComfyUiProvider, InstanceConfig, InstanceStatus};

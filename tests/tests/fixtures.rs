@@ -194,19 +194,46 @@ async fn every_fixture_runs_end_to_end_through_the_api() {
         }
     }
 
-    // The workflow's fault: refused by the worker's validation, or failing in a node; never retried.
-    for (name, kind, needle) in [
-        ("bad_missing_input", "validation", "Required input is missing"),
-        ("bad_unknown_class", "validation", "'NoSuchNodeXYZ' not found"),
-        ("bad_value_range_and_combo", "validation", "smaller than min"),
-        ("bad_type_mismatch", "validation", "Return type mismatch"),
-        (
-            "bad_missing_upload",
-            "validation",
-            "Invalid image file: does_not_exist.png",
-        ),
-        ("bad_runtime_error", "node_error", "cannot identify image file"),
+    // The workflow's fault, found at submit: refused at once with the very body a real ComfyUI
+    // answered (checked against the node catalogue fetched from the worker), and nothing queued.
+    server.catalogue_fetched().await;
+    let before = api.call(Method::GET, "/api/v1/jobs", Some(alice), None).await.1["jobs"]
+        .as_array()
+        .unwrap()
+        .len();
+    for (name, needle) in [
+        ("bad_missing_input", "Required input is missing"),
+        ("bad_unknown_class", "'NoSuchNodeXYZ' not found"),
+        ("bad_value_range_and_combo", "smaller than min"),
+        ("bad_type_mismatch", "Return type mismatch"),
+        ("bad_missing_upload", "Invalid image file: does_not_exist.png"),
     ] {
+        let real = capture(name);
+        assert_eq!(real["post_prompt_status"], 400, "{name}");
+        // Bare, as ComfyUI's own `POST /prompt` takes it, and wrapped in `{"prompt": …}`.
+        for body in [fixture(name), serde_json::json!({ "prompt": fixture(name) })] {
+            let (status, answer) = api
+                .call(Method::POST, "/api/v1/jobs", Some(alice), Some(body))
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {answer}");
+            assert_eq!(answer["error"], real["post_prompt_response"]["error"], "{name}");
+            assert_eq!(
+                answer["node_errors"], real["post_prompt_response"]["node_errors"],
+                "{name}"
+            );
+            assert_eq!(answer["code"], "invalid_workflow", "{name}");
+            let message = answer["message"].as_str().unwrap();
+            assert!(message.contains(needle), "{name}: {message}");
+        }
+    }
+    let after = api.call(Method::GET, "/api/v1/jobs", Some(alice), None).await.1["jobs"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(after, before, "a refused workflow is never queued");
+
+    // A node failing while it runs: the user's fault too, never retried.
+    for (name, kind, needle) in [("bad_runtime_error", "node_error", "cannot identify image file")] {
         let id = api.submit(alice, &fixture(name)).await;
         let job = wait_for_end(&api, alice, &id).await;
         assert_eq!(job["state"], "failed", "{name}: {job}");

@@ -60,6 +60,7 @@ impl ClientError {
     pub fn exit(&self) -> Exit {
         match self {
             ClientError::Connect { .. } | ClientError::Auth(_) => Exit::Connection,
+            ClientError::Api { code, .. } if code == "invalid_workflow" => Exit::JobFailed,
             ClientError::Api { status, .. } if *status == StatusCode::BAD_REQUEST => Exit::Usage,
             ClientError::Api { status, .. }
                 if *status == StatusCode::PAYLOAD_TOO_LARGE

@@ -16,6 +16,8 @@
 //! `tokio::time::pause()` without sleeping.
 
 mod admin;
+#[cfg(test)]
+mod check_tests;
 mod config;
 mod recovery;
 mod run;
@@ -38,7 +40,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::event::{EventBus, EventKind, JobEvent};
 use crate::job::{Failure, FailureKind, Job, JobId, JobSpec, JobState, Timestamp};
-use crate::provider::{Health, InferenceProvider, Warmth};
+use crate::provider::{Health, InferenceProvider, Warmth, WorkflowCheck};
 use crate::scheduler::{JobKey, QueuedJob, Scheduler, SchedulerConfig};
 use crate::sink::OutputSink;
 use crate::store::{CancelOutcome, JobFilter, JobStore, Lease, ReapOutcome};
@@ -334,6 +336,26 @@ impl Dispatcher {
                 draining: slot.draining.load(Ordering::SeqCst),
             })
             .collect()
+    }
+
+    /// Checks a workflow against every provider that is not drained ([`InferenceProvider::check_workflow`]):
+    /// valid if any can run it; invalid (with the first refusal) if none can and at least one said why;
+    /// unknown when no provider can tell yet.
+    pub async fn check_workflow(&self, workflow: &serde_json::Value, inputs: &[String]) -> WorkflowCheck {
+        let mut refusal = None;
+        for slot in &self.inner.providers {
+            if slot.draining.load(Ordering::SeqCst) {
+                continue;
+            }
+            match slot.provider.check_workflow(workflow, inputs).await {
+                WorkflowCheck::Valid => return WorkflowCheck::Valid,
+                invalid @ WorkflowCheck::Invalid { .. } => {
+                    refusal.get_or_insert(invalid);
+                }
+                _ => {}
+            }
+        }
+        refusal.unwrap_or(WorkflowCheck::Unknown)
     }
 
     /// Drains (no new jobs; running ones finish) or undrains a provider by name. False if there is none.

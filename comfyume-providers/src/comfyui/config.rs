@@ -70,6 +70,9 @@ pub struct ComfyUiConfig {
     /// More node classes whose `filename_prefix` must be set even when a workflow leaves it out
     /// (custom save nodes); the built-in list is [`super::PREFIX_CLASSES`].
     pub extra_prefix_classes: Vec<String>,
+    /// How often the node catalogue (`/object_info`) that workflows are checked against at submit is
+    /// fetched again from a healthy instance (see [`super::ComfyUiProvider::refresh_catalogue`]).
+    pub catalogue_refresh: Duration,
 }
 
 impl Default for ComfyUiConfig {
@@ -88,6 +91,7 @@ impl Default for ComfyUiConfig {
             recovery_poll: Duration::from_secs(1),
             ca_file: None,
             extra_prefix_classes: Vec::new(),
+            catalogue_refresh: Duration::from_secs(600),
         }
     }
 }

@@ -25,6 +25,7 @@
 //! 5. **Cancel**: a job not yet started on the instance is deleted from ComfyUI's queue; a running one is
 //!    interrupted by its prompt id (and one that starts after a lost race is interrupted as it starts).
 
+mod catalogue;
 mod config;
 mod instance;
 mod job;
@@ -36,10 +37,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use comfyume_core::{Capacity, Health, InferenceProvider, Job, JobId, ProviderError, ProviderEventStream};
+use comfyume_core::{
+    Capacity, Health, InferenceProvider, Job, JobId, ProviderError, ProviderEventStream, WorkflowCheck,
+};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub use catalogue::MIN_REFETCH;
 pub use config::{ComfyUiConfig, InstanceConfig};
 pub use instance::InstanceStatus;
 pub use rewrite::{
@@ -47,8 +51,10 @@ pub use rewrite::{
     PlannedFile, job_prefix, mark_outputs, plan_outputs, rewrite_workflow, strip_job_prefix,
 };
 
+use crate::catalogue::NodeCatalogue;
 use crate::error::{Error, Result};
 use crate::protocol::{ComfyClient, PromptRequest, validation_failure};
+use catalogue::CatalogueCache;
 use instance::Instance;
 use job::JobRun;
 
@@ -65,6 +71,8 @@ pub struct ComfyUiProvider {
     /// Jobs to run with ComfyUI's cache bypassed for every node: an attempt of theirs was answered
     /// from the cache with another prompt's files anyway (see [`mark_outputs`]).
     uncached: Arc<Mutex<HashSet<JobId>>>,
+    /// The node catalogue workflows are checked against at submit.
+    catalogue: Arc<CatalogueCache>,
 }
 
 impl std::fmt::Debug for ComfyUiProvider {
@@ -126,13 +134,32 @@ impl ComfyUiProvider {
             tokio::spawn(Arc::clone(inst).connection_loop(ws, Arc::clone(&config), stop.clone()));
             tokio::spawn(Arc::clone(inst).health_loop(Arc::clone(&config), stop.clone()));
         }
+        let catalogue = Arc::new(CatalogueCache::default());
+        tokio::spawn(Arc::clone(&catalogue).refresh_loop(
+            instances.clone(),
+            Arc::clone(&config),
+            stop.clone(),
+        ));
         Ok(Self {
             config,
             instances,
             stop,
             health_changed,
             uncached: Arc::default(),
+            catalogue,
         })
+    }
+
+    /// The node catalogue workflows are checked against: the last one fetched from a healthy instance,
+    /// or `None` while no instance has ever answered.
+    pub fn catalogue(&self) -> Option<Arc<NodeCatalogue>> {
+        self.catalogue.get()
+    }
+
+    /// Fetches the node catalogue (`/object_info`) again now, from the first healthy instance that
+    /// answers (after a custom node was installed, say). On failure the last good copy is kept.
+    pub async fn refresh_catalogue(&self) -> Result<Arc<NodeCatalogue>> {
+        self.catalogue.refresh(&self.instances).await
     }
 
     /// The state of every instance.
@@ -248,6 +275,12 @@ impl InferenceProvider for ComfyUiProvider {
             problems.join("; ")
         };
         Err(ProviderError::Unavailable(reason))
+    }
+
+    /// Checks the workflow against the kept node catalogue with ComfyUI's own rules and answers; unknown
+    /// while no instance has ever answered (see [`ComfyUiProvider::catalogue`]).
+    async fn check_workflow(&self, workflow: &serde_json::Value, inputs: &[String]) -> WorkflowCheck {
+        self.catalogue.check(&self.instances, workflow, inputs).await
     }
 
     async fn cancel(&self, job: JobId) -> Result<(), ProviderError> {

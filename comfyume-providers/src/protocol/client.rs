@@ -268,6 +268,22 @@ impl ComfyClient {
         self.get_json("system_stats").await
     }
 
+    /// `GET /object_info`: the instance's node catalogue (`{class_name: info, …}`, about 1.6 MB for a
+    /// stock ComfyUI).
+    pub async fn object_info(&self) -> Result<serde_json::Map<String, Value>> {
+        self.get_json("object_info").await
+    }
+
+    /// `GET /object_info/{class}`: one class of the node catalogue (`LoadImage` lists the files in the
+    /// instance's `input/` directory as they are now); `None` for a class the instance does not know.
+    pub async fn object_info_class(&self, class: &str) -> Result<Option<Value>> {
+        if class.is_empty() || class.contains(['/', '?', '#', '%']) {
+            return Ok(None);
+        }
+        let mut all: serde_json::Map<String, Value> = self.get_json(&format!("object_info/{class}")).await?;
+        Ok(all.remove(class))
+    }
+
     /// `GET /queue`: running and pending prompts.
     pub async fn queue(&self) -> Result<Value> {
         self.get_json("queue").await

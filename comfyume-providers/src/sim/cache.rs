@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::catalogue::Catalogue;
 use super::files::Dirs;
 use super::nodes::Data;
+use crate::catalogue::NodeCatalogue as Catalogue;
 
 /// Memory budget of cached outputs.
 const BUDGET_BYTES: usize = 1 << 30;
@@ -166,7 +166,7 @@ mod tests {
     fn signatures_follow_upstream_changes() {
         let tmp = tempfile::tempdir().unwrap();
         let dirs = Dirs::create(tmp.path()).unwrap();
-        let cat = Catalogue::built_in().unwrap();
+        let cat = super::super::built_in_catalogue().unwrap();
         let p = |color: i64, prefix: &str| {
             json!({
                 "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": color}},

@@ -96,6 +96,12 @@ impl Dirs {
     }
 }
 
+impl crate::validate::InputFiles for Dirs {
+    fn exists(&self, name: &str) -> bool {
+        self.annotated_path(name).is_some_and(|p| p.is_file())
+    }
+}
+
 /// Splits a trailing ` [output]` / ` [input]` / ` [temp]` annotation off a file name.
 pub(crate) fn split_annotation(name: &str) -> (&str, Option<DirType>) {
     for (suffix, t) in [

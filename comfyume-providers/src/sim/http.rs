@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use super::files::{DirType, UploadOutcome, ViewTarget, resolve_view, store_upload};
 use super::replica::{QueueItem, Replica, lock, now_ms};
-use super::validate::{error_body, validate_prompt};
+use crate::validate::{error_body, validate_prompt};
 
 /// ComfyUI's default `--max-upload-size` (100 MB).
 pub(crate) const MAX_UPLOAD: usize = 100 * 1024 * 1024;

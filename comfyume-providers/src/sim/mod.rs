@@ -34,7 +34,6 @@
 //! images are streamed; unknown-but-catalogued node types fail at run time with `NotImplementedError`.
 
 mod cache;
-mod catalogue;
 mod config;
 mod error;
 mod files;
@@ -45,7 +44,6 @@ mod nodes;
 mod order;
 mod replica;
 mod server;
-mod validate;
 mod worker;
 mod ws;
 
@@ -62,7 +60,7 @@ use tokio_util::task::TaskTracker;
 pub use config::{ExecTime, SimConfig};
 pub use error::SimError;
 
-use catalogue::Catalogue;
+use crate::catalogue::NodeCatalogue as Catalogue;
 use replica::{Counters, Replica, Shared};
 use server::Routing;
 
@@ -99,13 +97,32 @@ impl std::fmt::Debug for SimWorker {
     }
 }
 
-fn built_in_catalogue() -> Result<Arc<Catalogue>, SimError> {
-    static BUILT_IN: OnceLock<Arc<Catalogue>> = OnceLock::new();
-    if let Some(c) = BUILT_IN.get() {
+/// The built-in catalogue: the real `object_info` of ComfyUI 0.33.0 (887 classes, captured on a CPU box),
+/// so the official frontend can render any graph against a simulated worker; only the node types in
+/// [`nodes`] actually run.
+pub(crate) fn built_in_catalogue() -> Result<Arc<Catalogue>, SimError> {
+    const BUILT_IN: &str = include_str!("../../data/object_info.json");
+    static PARSED: OnceLock<Arc<Catalogue>> = OnceLock::new();
+    if let Some(c) = PARSED.get() {
         return Ok(c.clone());
     }
-    let c = Arc::new(Catalogue::built_in()?);
-    Ok(BUILT_IN.get_or_init(|| c).clone())
+    let c = Catalogue::from_json(BUILT_IN).map_err(|e| SimError::Catalogue {
+        path: "built-in".into(),
+        reason: e.0,
+    })?;
+    Ok(PARSED.get_or_init(|| Arc::new(c)).clone())
+}
+
+/// A catalogue read from an `object_info` JSON file.
+fn catalogue_file(path: &std::path::Path) -> Result<Arc<Catalogue>, SimError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| SimError::io(format!("reading {}", path.display()), e))?;
+    Catalogue::from_json(&text)
+        .map(Arc::new)
+        .map_err(|e| SimError::Catalogue {
+            path: path.display().to_string(),
+            reason: e.0,
+        })
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, SimError> {
@@ -120,7 +137,7 @@ impl SimWorker {
     pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<SimWorker, SimError> {
         config.validate()?;
         let catalogue = match config.object_info.clone() {
-            Some(path) => tokio::task::spawn_blocking(move || Catalogue::from_file(&path).map(Arc::new))
+            Some(path) => tokio::task::spawn_blocking(move || catalogue_file(&path))
                 .await
                 .map_err(|e| SimError::Config(format!("loading object_info: {e}")))??,
             None => tokio::task::spawn_blocking(built_in_catalogue)

@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::cache::OutputCache;
-use super::catalogue::Catalogue;
 use super::config::ExecTime;
 use super::files::Dirs;
+use crate::catalogue::NodeCatalogue as Catalogue;
 
 /// ComfyUI keeps at most this many history entries.
 const MAX_HISTORY: usize = 10_000;

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use comfyume_core::{JobFilter, JobId, JobSpec, JobStatus, UserId};
+use comfyume_core::{JobFilter, JobId, JobSpec, JobStatus, UserId, WorkflowCheck};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -57,11 +57,21 @@ pub struct SubmitRequest {
 
 /// Submits a job. Durable before the answer; `201` with the job, or `200` with the existing job when
 /// `id` was already submitted by the caller.
+///
+/// The body is a [`SubmitRequest`] (`{"prompt": …}`, like ComfyUI's `POST /prompt`) or a bare ComfyUI
+/// API-format workflow (node id → node), which is run with the defaults. The workflow is checked against
+/// the providers' node catalogue (ComfyUI's `/object_info`, fetched from a healthy instance and kept): a
+/// workflow no provider can run is refused with `400` and ComfyUI's own error body (`error` with `type`,
+/// `message`, `details`, `extra_info`, and `node_errors`), plus comfyume's `code` (`invalid_workflow`) and
+/// a one-line `message`. While no provider has ever answered with its catalogue the workflow is accepted
+/// unchecked, and the provider reports any problem when the job runs.
 #[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = SubmitRequest,
     responses(
         (status = 201, description = "accepted", body = JobView),
         (status = 200, description = "this id was submitted before; the existing job", body = JobView),
-        (status = 400, description = "malformed body or workflow", body = ErrorBody),
+        (status = 400, description = "malformed body or workflow; a workflow the providers cannot run \
+            answers ComfyUI's body (`error`, `node_errors`) with `code` `invalid_workflow` and a `message`",
+            body = ErrorBody),
         (status = 403, description = "priority above what users may ask for", body = ErrorBody),
         (status = 409, description = "the id is taken", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
@@ -70,8 +80,9 @@ pub struct SubmitRequest {
 pub async fn submit(
     State(state): State<AppState>,
     principal: Principal,
-    JsonBody(req): JsonBody<SubmitRequest>,
+    JsonBody(body): JsonBody<serde_json::Value>,
 ) -> Result<Response, ApiError> {
+    let req = submit_request(body)?;
     validate_workflow(&req.prompt)?;
     let max = state.config().scheduler.max_user_priority;
     let priority = req.priority.unwrap_or(0);
@@ -108,6 +119,9 @@ pub async fn submit(
         }
         return Ok((StatusCode::OK, Json(JobView::single(&state, &existing))).into_response());
     }
+    if let WorkflowCheck::Invalid { message, body } = state.engine().check_workflow(&req.prompt, &[]).await {
+        return Ok(invalid_workflow(message, body));
+    }
     let spec = JobSpec {
         id,
         owner: principal.user.clone(),
@@ -131,6 +145,50 @@ pub async fn submit(
         Json(JobView::single(&state, &job)),
     )
         .into_response())
+}
+
+/// Reads a submit body: `{"prompt": …, …}` or a bare workflow (node id → `{"class_type", "inputs"}`).
+fn submit_request(body: serde_json::Value) -> Result<SubmitRequest, ApiError> {
+    let is_node = |v: &serde_json::Value| v.get("class_type").is_some();
+    let bare = match &body {
+        serde_json::Value::Object(top) => match top.get("prompt") {
+            Some(prompt) => is_node(prompt),
+            None => {
+                (!top.is_empty() && top.values().all(is_node))
+                    || (top.contains_key("nodes") && top.contains_key("links"))
+            }
+        },
+        _ => false,
+    };
+    if bare {
+        return Ok(SubmitRequest {
+            prompt: body,
+            priority: None,
+            extra_data: None,
+            client_id: None,
+            id: None,
+            cost: None,
+        });
+    }
+    serde_json::from_value(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be a JSON object {{\"prompt\": <workflow>, …}} or a bare API-format workflow: {e}"
+        ))
+    })
+}
+
+/// The 400 for a workflow no provider can run: ComfyUI's body with comfyume's `code` and `message`.
+fn invalid_workflow(message: String, body: serde_json::Value) -> Response {
+    let mut body = match body {
+        serde_json::Value::Object(map) => map,
+        other => serde_json::Map::from_iter([("error".to_string(), other)]),
+    };
+    body.insert("code".into(), "invalid_workflow".into());
+    body.insert(
+        "message".into(),
+        format!("the workflow cannot run: {message}").into(),
+    );
+    (StatusCode::BAD_REQUEST, Json(serde_json::Value::Object(body))).into_response()
 }
 
 fn id_taken() -> ApiError {

@@ -118,6 +118,8 @@ pub struct Server {
     pub url: String,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// The provider it runs jobs on.
+    pub provider: Arc<ComfyUiProvider>,
     runtime: Option<tokio::runtime::Runtime>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<Result<(), comfyume_server::ServerError>>>,
@@ -145,30 +147,39 @@ impl Server {
         let (url_tx, url_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let handle = runtime.spawn(async move {
-            let provider = ComfyUiProvider::start(pool).await.unwrap();
-            let providers: Vec<Arc<dyn InferenceProvider>> = vec![Arc::new(provider)];
+            let provider = Arc::new(ComfyUiProvider::start(pool).await.unwrap());
+            let providers: Vec<Arc<dyn InferenceProvider>> = vec![provider.clone()];
             let state = comfyume_server::build(config, providers).await?;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let _ = url_tx.send(format!("http://{}", listener.local_addr()?));
+            let _ = url_tx.send((format!("http://{}", listener.local_addr()?), provider));
             comfyume_server::serve(listener, state, async move {
                 let _ = stop_rx.await;
             })
             .await
         });
-        let url = match tokio::time::timeout(WAIT, url_rx)
+        let (url, provider) = match tokio::time::timeout(WAIT, url_rx)
             .await
             .expect("the server did not start")
         {
-            Ok(url) => url,
+            Ok(started) => started,
             Err(_) => panic!("the server failed to start: {:?}", handle.await),
         };
         Server {
             url,
             data_dir,
+            provider,
             runtime: Some(runtime),
             stop: Some(stop_tx),
             handle: Some(handle),
         }
+    }
+
+    /// Waits until the provider has fetched its node catalogue, so submitted workflows are checked.
+    pub async fn catalogue_fetched(&self) {
+        eventually("the node catalogue to be fetched", || {
+            self.provider.catalogue().is_some()
+        })
+        .await;
     }
 
     /// Shuts down gracefully (as on SIGTERM), waits until `serve` returned, then ends what is left of

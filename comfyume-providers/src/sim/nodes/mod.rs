@@ -226,7 +226,7 @@ impl Inputs {
         match self.get(name) {
             Some(Data::Str(s)) => s.to_string(),
             Some(Data::Json(Value::String(s))) => s.clone(),
-            Some(Data::Json(v)) if !v.is_null() => super::validate::py_str(v),
+            Some(Data::Json(v)) if !v.is_null() => crate::validate::py_str(v),
             _ => default.to_string(),
         }
     }
@@ -332,11 +332,11 @@ pub(crate) fn run(class: &str, inputs: &Inputs, ctx: &NodeCtx<'_>) -> Result<Nod
             let text = match inputs.any("source") {
                 Some(Data::Str(s)) => s.to_string(),
                 Some(Data::Int(i)) => i.to_string(),
-                Some(Data::Float(f)) => super::validate::py_repr(&Value::from(*f)),
+                Some(Data::Float(f)) => crate::validate::py_repr(&Value::from(*f)),
                 Some(Data::Bool(b)) => if *b { "True" } else { "False" }.to_string(),
-                Some(Data::Json(v)) => super::validate::py_str(v),
+                Some(Data::Json(v)) => crate::validate::py_str(v),
                 Some(Data::Latent(s)) => format!("{{\"samples\": \"tensor of shape {s:?}\"}}"),
-                Some(other) => super::validate::py_str(&other.describe()),
+                Some(other) => crate::validate::py_str(&other.describe()),
                 None => "None".to_string(),
             };
             Ok(NodeOutput {

@@ -1,22 +1,22 @@
-//! The node catalogue (`GET /object_info`): what the simulator serves and validates prompts against.
+//! A ComfyUI node catalogue (`GET /object_info`): the node classes an instance knows, their inputs with
+//! types, ranges and combo options, and their outputs.
 //!
-//! The built-in catalogue is the real `object_info` of ComfyUI 0.33.0 (887 classes, captured on a CPU box),
-//! so the official frontend can render any graph against a simulated worker; only the node types in
-//! [`super::nodes`] actually run.
+//! comfyume checks workflows against it at submit ([`crate::validate`]) so a broken workflow is refused
+//! at once with ComfyUI's own 400 answer; [`crate::ComfyUiProvider`] fetches it from a healthy instance
+//! and keeps it, and the simulated worker ([`crate::sim`]) serves and validates against one.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::SimError;
-
-/// The real object_info captured from ComfyUI 0.33.0.
-const BUILT_IN: &str = include_str!("../../data/object_info.json");
+/// Why an `object_info` document cannot be used as a catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a ComfyUI object_info catalogue: {0}")]
+pub struct CatalogueError(pub String);
 
 /// One input of a node class: its type (a type name, or a legacy combo list) and its options.
-#[derive(Debug, Clone)]
-pub(crate) struct InputSpec {
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputSpec {
     /// `"INT"`, `"IMAGE"`, `"COMBO"`, `"*"`, a combo option list, …
     pub ty: Value,
     /// The options object (`min`, `max`, `options`, `tooltip`…); `{}` when the catalogue has none.
@@ -53,8 +53,8 @@ impl InputSpec {
 }
 
 /// What validation and execution need to know about one node class.
-#[derive(Debug, Clone)]
-pub(crate) struct NodeDef {
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeDef {
     /// Required inputs in the catalogue's order.
     pub required: Vec<(String, InputSpec)>,
     /// Optional inputs in the catalogue's order.
@@ -131,40 +131,31 @@ impl NodeDef {
     }
 }
 
-/// The node classes one simulated worker knows.
-#[derive(Debug)]
-pub(crate) struct Catalogue {
+/// The node classes one ComfyUI instance knows (its `GET /object_info`).
+#[derive(Debug, Clone)]
+pub struct NodeCatalogue {
     /// The full catalogue as served, in its original order.
     info: Map<String, Value>,
     defs: HashMap<String, NodeDef>,
 }
 
-impl Catalogue {
-    /// The built-in catalogue (ComfyUI 0.33.0's real object_info).
-    pub fn built_in() -> Result<Catalogue, SimError> {
-        Catalogue::parse(BUILT_IN, "built-in")
+impl NodeCatalogue {
+    /// Reads an `object_info` JSON document (`{class_name: info, …}`).
+    pub fn from_json(text: &str) -> Result<NodeCatalogue, CatalogueError> {
+        let info: Map<String, Value> =
+            serde_json::from_str(text).map_err(|e| CatalogueError(e.to_string()))?;
+        NodeCatalogue::from_map(info)
     }
 
-    /// A catalogue read from an `object_info` JSON file.
-    pub fn from_file(path: &Path) -> Result<Catalogue, SimError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| SimError::io(format!("reading {}", path.display()), e))?;
-        Catalogue::parse(&text, &path.display().to_string())
-    }
-
-    fn parse(text: &str, origin: &str) -> Result<Catalogue, SimError> {
-        let bad = |reason: String| SimError::Catalogue {
-            path: origin.to_string(),
-            reason,
-        };
-        let info: Map<String, Value> = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    /// Reads an `object_info` document already parsed.
+    pub fn from_map(info: Map<String, Value>) -> Result<NodeCatalogue, CatalogueError> {
         let mut defs = HashMap::with_capacity(info.len());
         for (class, entry) in &info {
-            let def =
-                NodeDef::parse(entry).ok_or_else(|| bad(format!("class {class} has no `input` object")))?;
+            let def = NodeDef::parse(entry)
+                .ok_or_else(|| CatalogueError(format!("class {class} has no `input` object")))?;
             defs.insert(class.clone(), def);
         }
-        Ok(Catalogue { info, defs })
+        Ok(NodeCatalogue { info, defs })
     }
 
     /// The definition of a class, if the catalogue has it.
@@ -172,9 +163,39 @@ impl Catalogue {
         self.defs.get(class)
     }
 
+    /// Replaces (or adds) one class's entry with a fresher `info` (`GET /object_info/{class}`).
+    pub fn replace_class(&mut self, class: &str, info: Value) -> Result<(), CatalogueError> {
+        let def = NodeDef::parse(&info)
+            .ok_or_else(|| CatalogueError(format!("class {class} has no `input` object")))?;
+        self.info.insert(class.to_string(), info);
+        self.defs.insert(class.to_string(), def);
+        Ok(())
+    }
+
+    /// How many node classes it has.
+    pub fn len(&self) -> usize {
+        self.defs.len()
+    }
+
+    /// True when it has no node class at all.
+    pub fn is_empty(&self) -> bool {
+        self.defs.is_empty()
+    }
+
+    /// The options of a combo input (`LoadImage`'s `image` lists the files in the instance's `input`
+    /// directory), or `None` when the class or input is unknown or not a combo.
+    pub fn combo_options(&self, class: &str, input: &str) -> Option<Vec<Value>> {
+        let def = self.get(class)?;
+        def.required
+            .iter()
+            .chain(&def.optional)
+            .find(|(name, _)| name == input)
+            .and_then(|(_, spec)| spec.combo_options())
+    }
+
     /// The whole catalogue as `GET /object_info` answers, with LoadImage's file list taken from the
     /// input directory like ComfyUI does.
-    pub fn render_all(&self, input_files: &[String]) -> Value {
+    pub(crate) fn render_all(&self, input_files: &[String]) -> Value {
         let mut all = self.info.clone();
         if let Some(entry) = all.get_mut("LoadImage") {
             patch_load_image(entry, input_files);
@@ -183,7 +204,7 @@ impl Catalogue {
     }
 
     /// `GET /object_info/{class}`: `{class: info}`, or `{}` for an unknown class.
-    pub fn render_one(&self, class: &str, input_files: &[String]) -> Value {
+    pub(crate) fn render_one(&self, class: &str, input_files: &[String]) -> Value {
         let mut out = Map::new();
         if let Some(entry) = self.info.get(class) {
             let mut entry = entry.clone();
@@ -211,7 +232,7 @@ mod tests {
 
     #[test]
     fn built_in_has_every_fixture_class() {
-        let cat = Catalogue::built_in().unwrap();
+        let cat = crate::sim::built_in_catalogue().unwrap();
         for class in [
             "EmptyImage",
             "ImageInvert",
@@ -246,7 +267,7 @@ mod tests {
 
     #[test]
     fn combo_options_cover_legacy_and_v3() {
-        let cat = Catalogue::built_in().unwrap();
+        let cat = crate::sim::built_in_catalogue().unwrap();
         let scale = cat.get("ImageScale").unwrap();
         let method = &scale
             .required
@@ -263,7 +284,7 @@ mod tests {
 
     #[test]
     fn load_image_lists_the_input_dir() {
-        let cat = Catalogue::built_in().unwrap();
+        let cat = crate::sim::built_in_catalogue().unwrap();
         let one = cat.render_one("LoadImage", &["a.png".into()]);
         assert_eq!(
             one.pointer("/LoadImage/input/required/image/0"),

@@ -1,16 +1,68 @@
-//! `POST /prompt` validation with ComfyUI's exact 400 bodies (`execution.validate_prompt`): missing node
-//! types, no outputs, and per-node `node_errors` checked against the node catalogue.
+//! Workflow validation with ComfyUI's exact 400 answers (`execution.validate_prompt` of ComfyUI 0.33.0):
+//! missing node types, no outputs, and per-node `node_errors` checked against a [`NodeCatalogue`].
+//!
+//! comfyume runs it at submit, against the catalogue its providers fetched, so a broken workflow is
+//! refused at once with the body ComfyUI itself would answer (`{"error": {type, message, details,
+//! extra_info}, "node_errors": {…}}`); the simulated worker runs the same checks on its `POST /prompt`.
+//! Where a file named by `LoadImage` can be found is the caller's to say ([`InputFiles`]).
+//!
+//! ```
+//! use comfyume_providers::catalogue::NodeCatalogue;
+//! use comfyume_providers::validate::{NoFiles, validate_prompt};
+//! use serde_json::json;
+//!
+//! let catalogue = NodeCatalogue::from_json(r#"{"EmptyImage": {"input": {"required": {
+//!     "width": ["INT", {"min": 1, "max": 16384}]}}, "output": ["IMAGE"], "output_node": false},
+//!   "PreviewImage": {"input": {"required": {"images": ["IMAGE"]}}, "output": [], "output_node": true}}"#)?;
+//! let prompt = json!({
+//!     "1": {"class_type": "EmptyImage", "inputs": {"width": 0}},
+//!     "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}
+//! });
+//! let body = validate_prompt(&catalogue, &NoFiles, prompt.as_object().unwrap().clone(), None).unwrap_err();
+//! assert_eq!(body["error"]["type"], "prompt_outputs_failed_validation");
+//! assert_eq!(body["node_errors"]["1"]["errors"][0]["type"], "value_smaller_than_min");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod python;
 
 use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value, json};
 
-use super::catalogue::{Catalogue, InputSpec, NodeDef};
-use super::files::Dirs;
+use crate::catalogue::{InputSpec, NodeCatalogue, NodeDef};
+use python::py_type;
+pub use python::{py_repr, py_str};
+
+/// Where the files that upload inputs (`LoadImage`'s `image`) name are looked up.
+pub trait InputFiles {
+    /// True when `LoadImage` could open `name` on the instance (ComfyUI's `exists_annotated_filepath`:
+    /// `x.png`, `sub/x.png`, `x.png [output]`).
+    fn exists(&self, name: &str) -> bool;
+
+    /// True when `name` is one of the submitting user's own inputs, which comfyume ships to the instance
+    /// before the job runs: it passes the combo check of any upload input (`image_upload`,
+    /// `audio_upload`, …) and `LoadImage`'s file check. The default: none.
+    fn shipped(&self, name: &str) -> bool {
+        let _ = name;
+        false
+    }
+}
+
+/// No files at all: every `LoadImage` fails its file check.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoFiles;
+
+impl InputFiles for NoFiles {
+    fn exists(&self, _name: &str) -> bool {
+        false
+    }
+}
 
 /// A prompt that passed validation.
-#[derive(Debug)]
-pub(crate) struct Accepted {
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Accepted {
     /// The prompt with widget values converted like ComfyUI does (`"8"` → `8` for an INT).
     pub prompt: Map<String, Value>,
     /// The output nodes that will run, in prompt order.
@@ -29,17 +81,18 @@ struct PyException {
 type NodeResult = (bool, Vec<Value>);
 
 /// The body of a 400 answer: `{"error": {...}, "node_errors": {...}}`.
-pub(crate) fn error_body(type_: &str, message: &str, details: &str, extra_info: Value) -> Value {
+pub fn error_body(type_: &str, message: &str, details: &str, extra_info: Value) -> Value {
     json!({
         "error": {"type": type_, "message": message, "details": details, "extra_info": extra_info},
         "node_errors": {}
     })
 }
 
-/// Validates a prompt like ComfyUI 0.33.0; `Err` is the full 400 body.
-pub(crate) fn validate_prompt(
-    catalogue: &Catalogue,
-    dirs: &Dirs,
+/// Validates a prompt like ComfyUI 0.33.0; `Err` is the full 400 body. `partial` is the
+/// `partial_execution_targets` of the request (only those output nodes count), if any.
+pub fn validate_prompt(
+    catalogue: &NodeCatalogue,
+    files: &dyn InputFiles,
     mut prompt: Map<String, Value>,
     partial: Option<&Value>,
 ) -> Result<Accepted, Value> {
@@ -80,7 +133,7 @@ pub(crate) fn validate_prompt(
 
     let mut v = Validator {
         catalogue,
-        dirs,
+        files,
         prompt: &mut prompt,
         memo: Vec::new(),
         index: HashMap::new(),
@@ -150,8 +203,8 @@ pub(crate) fn validate_prompt(
 }
 
 struct Validator<'a> {
-    catalogue: &'a Catalogue,
-    dirs: &'a Dirs,
+    catalogue: &'a NodeCatalogue,
+    files: &'a dyn InputFiles,
     prompt: &'a mut Map<String, Value>,
     /// Results in completion order (upstream nodes first), like ComfyUI's `validated` dict.
     memo: Vec<(String, NodeResult)>,
@@ -168,6 +221,15 @@ impl Validator<'_> {
                 self.memo.push((id.to_string(), result));
             }
         }
+    }
+
+    /// True for an upload input naming one of the user's own inputs (shipped before the job runs).
+    fn shipped(&self, spec: &InputSpec, value: &Value) -> bool {
+        let upload = spec
+            .extra
+            .iter()
+            .any(|(k, v)| k.ends_with("_upload") && v.as_bool() == Some(true));
+        upload && value.as_str().is_some_and(|n| self.files.shipped(n))
     }
 
     fn def_of(&self, id: &str) -> Result<&NodeDef, PyException> {
@@ -315,7 +377,7 @@ impl Validator<'_> {
             {
                 inputs.insert(name.clone(), converted.clone());
             }
-            if custom.contains(&name.as_str()) {
+            if custom.contains(&name.as_str()) || self.shipped(spec, &converted) {
                 continue;
             }
             if let Some(err) = range_or_combo_error(name, spec, &converted) {
@@ -329,8 +391,7 @@ impl Validator<'_> {
                 .unwrap_or(Value::Null);
             let exists = image
                 .as_str()
-                .and_then(|n| self.dirs.annotated_path(n))
-                .is_some_and(|p| p.is_file());
+                .is_some_and(|n| self.files.exists(n) || self.files.shipped(n));
             if !exists {
                 errors.push(json!({
                     "type": "custom_validation_failed",
@@ -383,7 +444,7 @@ fn range_or_combo_error(name: &str, spec: &InputSpec, val: &Value) -> Option<Val
 }
 
 /// ComfyUI's `validate_node_input`: equal, `*` on either side, or overlapping comma-separated unions.
-pub(crate) fn types_match(received: &Value, input: &Value) -> bool {
+pub fn types_match(received: &Value, input: &Value) -> bool {
     if received == input {
         return true;
     }
@@ -450,58 +511,9 @@ fn loose_eq(a: &Value, b: &Value) -> bool {
     }
 }
 
-fn py_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "NoneType",
-        Value::Bool(_) => "bool",
-        Value::Number(n) if n.is_f64() => "float",
-        Value::Number(_) => "int",
-        Value::String(_) => "str",
-        Value::Array(_) => "list",
-        Value::Object(_) => "dict",
-    }
-}
-
-/// Python's `str()` of a JSON value.
-pub(crate) fn py_str(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => py_repr(other),
-    }
-}
-
-/// Python's `repr()` of a JSON value (`['a', 'b']`, `True`, `None`, `1.0`).
-pub(crate) fn py_repr(v: &Value) -> String {
-    match v {
-        Value::Null => "None".into(),
-        Value::Bool(true) => "True".into(),
-        Value::Bool(false) => "False".into(),
-        Value::Number(n) if n.is_f64() => format!("{:?}", n.as_f64().unwrap_or(0.0)),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) if s.contains('\'') && !s.contains('"') => format!("\"{s}\""),
-        Value::String(s) => format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'")),
-        Value::Array(a) => format!("[{}]", a.iter().map(py_repr).collect::<Vec<_>>().join(", ")),
-        Value::Object(o) => format!(
-            "{{{}}}",
-            o.iter()
-                .map(|(k, v)| format!("'{k}': {}", py_repr(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn python_formatting() {
-        assert_eq!(py_repr(&json!(["a", "b"])), "['a', 'b']");
-        assert_eq!(py_repr(&json!(1.0)), "1.0");
-        assert_eq!(py_repr(&json!(true)), "True");
-        assert_eq!(py_str(&json!("x")), "x");
-    }
 
     #[test]
     fn conversions_follow_python() {
