@@ -78,6 +78,14 @@ pub struct LoadtestArgs {
     /// way in the server is killed (SIGKILL) and started again.
     #[arg(long, value_name = "MINUTES")]
     pub soak: Option<u64>,
+    /// With --spawn: kill simulated worker 0 (like a crashed GPU box) this many seconds after the first
+    /// submit (the soak's default: a third of the way in).
+    #[arg(long, value_name = "SECS")]
+    pub kill_worker_at: Option<f64>,
+    /// With --spawn: kill the server (SIGKILL) this many seconds after the first submit and start it
+    /// again on the same data (the soak's default: two thirds of the way in).
+    #[arg(long, value_name = "SECS")]
+    pub restart_server_at: Option<f64>,
     /// Seconds between bursts in a soak.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub burst_every: u64,
@@ -151,6 +159,18 @@ struct Schedule {
 }
 
 fn schedule(args: &LoadtestArgs) -> Schedule {
+    let mut plan = bursts(args);
+    let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
+    if let Some(at) = args.kill_worker_at {
+        plan.kill_worker_at = Some(secs(at));
+    }
+    if let Some(at) = args.restart_server_at {
+        plan.restart_at = Some(secs(at));
+    }
+    plan
+}
+
+fn bursts(args: &LoadtestArgs) -> Schedule {
     let jobs = args.jobs as usize;
     match args.soak {
         None => Schedule {

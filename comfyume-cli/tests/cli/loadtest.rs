@@ -98,3 +98,56 @@ async fn a_running_server_is_loaded_with_the_users_of_a_file() {
     assert!(run.stderr.contains("holds 1 users"), "{}", run.stderr);
     serve.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_a_killed_worker_and_a_server_killed_with_sigkill_lose_and_repeat_nothing() {
+    // A real `comfyume serve` (SQLite store) with two simulated workers and a queue of 3 × 8 jobs of
+    // 150 ms: one worker is killed 1 s in, the server is killed (SIGKILL) and started again 2 s in.
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("figures.json");
+    let html = dir.path().join("page.html");
+    let run = comfyume(
+        &[
+            "loadtest",
+            "--spawn",
+            "--users",
+            "3",
+            "--jobs",
+            "8",
+            "--workers",
+            "2",
+            "--exec-ms",
+            "150",
+            "--kill-worker-at",
+            "1",
+            "--restart-server-at",
+            "2",
+            "--timeout",
+            "120",
+            "--json",
+            json.to_str().unwrap(),
+            "--html",
+            html.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    )
+    .await;
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let run = run.expect(0);
+    let figures = &report["figures"];
+    assert_eq!(figures["accepted"], 24, "{report:#}");
+    assert_eq!(figures["lost"], 0, "{report:#}");
+    assert_eq!(report["duplicated"].as_array().unwrap().len(), 0, "{report:#}");
+    // Every job ended, and any that did not succeed says why.
+    let ended: u64 = figures["ended"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(ended, 24, "{report:#}");
+    let faults = report["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 2, "{report:#}");
+    assert!(run.stdout.contains("SIGKILL"), "{}", run.stdout);
+}

@@ -176,6 +176,9 @@ impl Instance {
         if st.jobs.contains_key(prompt_id) {
             return None;
         }
+        // A new attempt of a job whose earlier attempt was stopped here: it is wanted now, and must not be
+        // taken for the cancelled one and interrupted as it starts.
+        st.cancelled.retain(|p| p != prompt_id);
         let (tx, rx) = mpsc::unbounded_channel();
         let entry = JobEntry {
             tx,
@@ -482,7 +485,26 @@ pub(crate) fn client_id(seed: Option<&str>, pool: &str, url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::client_id;
+    use super::*;
+
+    #[test]
+    fn a_new_attempt_of_a_cancelled_prompt_is_not_taken_for_the_cancelled_one() {
+        let config = InstanceConfig::new("http://127.0.0.1:9");
+        let client = ComfyClient::new(&config.url, Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+        let instance = Arc::new(Instance::new(
+            &config,
+            client,
+            "me".into(),
+            Arc::new(Notify::new()),
+        ));
+        let first = instance.adopt("p", true).unwrap();
+        assert_eq!(instance.mark_cancelled("p"), Some(true));
+        assert!(lock(&instance.state).cancelled.iter().any(|c| c == "p"));
+        drop(first);
+        // The retry of the same job (same prompt id) is wanted: its start must not be interrupted.
+        let _second = instance.adopt("p", false).unwrap();
+        assert!(!lock(&instance.state).cancelled.iter().any(|c| c == "p"));
+    }
 
     #[test]
     fn seeded_client_ids_are_stable_and_distinct() {

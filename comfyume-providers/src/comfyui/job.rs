@@ -40,6 +40,8 @@ pub(crate) struct JobRun {
     recovered: bool,
     /// The history holds the prompt's end already: read it before anything else.
     history_first: bool,
+    /// How often to check the prompt's state when it is followed by polling (after missed frames).
+    recovery_poll: Duration,
 }
 
 impl JobRun {
@@ -48,10 +50,12 @@ impl JobRun {
         instance: Arc<Instance>,
         registration: Registration,
         reconnect_grace: Duration,
+        recovery_poll: Duration,
         uncached: Arc<Mutex<HashSet<JobId>>>,
     ) -> Self {
         let (guard, rx) = registration;
         Self {
+            recovery_poll,
             short: Vec::new(),
             uncached,
             job,
@@ -328,7 +332,8 @@ impl JobRun {
     }
 
     /// After missed frames: the websocket stays the source of truth, the history is the fallback check.
-    /// A finished prompt is completed from its history; anything else is an infrastructure failure.
+    /// A finished prompt is completed from its history; one still queued or running there is followed
+    /// on (never sent a second time); anything else is an infrastructure failure.
     async fn history_check(&mut self) {
         if self.finished {
             return;
@@ -337,6 +342,9 @@ impl JobRun {
         let entry = match self.instance.client.history(&self.prompt_id).await {
             Ok(Some(entry)) => entry,
             Ok(None) => {
+                if self.still_queued().await {
+                    return;
+                }
                 return self.lost(format!(
                     "lost track of the job on the ComfyUI at {url}: it did not finish there"
                 ));
@@ -369,6 +377,27 @@ impl JobRun {
         if !self.finished {
             self.lost(format!("the job did not finish on the ComfyUI at {url}"));
         }
+    }
+
+    /// After missed frames, a prompt not ended yet: is it still in the instance's queue? Then it is
+    /// followed as after a restart — its state polled while no frame comes, its outputs read from the
+    /// history at the end (the frames sent while the websocket was down are gone).
+    async fn still_queued(&mut self) -> bool {
+        let Ok(queue) = self.instance.client.queue().await else {
+            return false;
+        };
+        let Some(found) = super::recover::find_in_queue(&queue, &self.prompt_id) else {
+            return false;
+        };
+        tracing::info!(job = %self.prompt_id, instance = %self.instance.url, running = found.running,
+            "the job is still on the instance after missed frames; following it there");
+        self.recovered = true;
+        self.poll = Some(self.recovery_poll);
+        if found.running && !self.started {
+            self.started = true;
+            self.push(ProviderEvent::Started);
+        }
+        true
     }
 
     /// No frame came for a while (a prompt found again after a restart): asks the instance where the

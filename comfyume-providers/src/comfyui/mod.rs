@@ -250,6 +250,7 @@ impl InferenceProvider for ComfyUiProvider {
                         Arc::clone(&instance),
                         registration,
                         self.config.reconnect_grace,
+                        self.config.recovery_poll,
                         Arc::clone(&self.uncached),
                     );
                     run.warn_node_errors(response.node_errors);
@@ -257,6 +258,29 @@ impl InferenceProvider for ComfyUiProvider {
                 }
                 Err(Error::Rejected(body)) => return Err(ProviderError::Rejected(validation_failure(body))),
                 Err(e) if e.is_retryable() => {
+                    // Only the answer may be lost (a timeout, a cut connection) while the instance took
+                    // the prompt: then it is followed there, never sent a second time anywhere.
+                    if let Some((running, ended)) = self.holds(&instance, &prompt_id).await {
+                        drop(registration);
+                        if let Some(adopted) = instance.adopt(&prompt_id, running) {
+                            tracing::warn!(instance = %instance.url, job = %prompt_id, error = %e,
+                                "the answer to the submit was lost but the instance has the prompt; following it there");
+                            let run = JobRun::new(
+                                job.id,
+                                Arc::clone(&instance),
+                                adopted,
+                                self.config.reconnect_grace,
+                                self.config.recovery_poll,
+                                Arc::clone(&self.uncached),
+                            )
+                            .recovered(running, ended, self.config.recovery_poll);
+                            return Ok(run.into_stream());
+                        }
+                        return Err(ProviderError::Protocol(format!(
+                            "job {prompt_id} is already followed on the ComfyUI at {}",
+                            instance.url
+                        )));
+                    }
                     tracing::warn!(instance = %instance.url, error = %e, "submit failed; trying another instance");
                     instance.mark_unhealthy(&e.to_string());
                     problems.push(e.to_string());

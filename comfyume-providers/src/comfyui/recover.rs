@@ -18,6 +18,7 @@ use comfyume_core::{Job, ProviderError, ProviderEventStream};
 use serde_json::Value;
 
 use super::ComfyUiProvider;
+use super::instance::Instance;
 use super::job::JobRun;
 
 /// Where a prompt sits in a `/queue` answer.
@@ -48,6 +49,24 @@ pub(crate) fn find_in_queue(queue: &Value, prompt_id: &str) -> Option<InQueue> {
 }
 
 impl ComfyUiProvider {
+    /// Whether `instance` holds `prompt_id` after a submit whose answer never came (a timeout, a cut
+    /// connection): `Some((running, ended))` when it is in the queue or the history, None when it is not
+    /// there or the instance cannot say.
+    pub(crate) async fn holds(&self, instance: &Instance, prompt_id: &str) -> Option<(bool, bool)> {
+        let timeout = self.config.health_timeout;
+        let queue = tokio::time::timeout(timeout, instance.client.queue())
+            .await
+            .ok()?
+            .ok()?;
+        if let Some(found) = find_in_queue(&queue, prompt_id) {
+            return Some((found.running, false));
+        }
+        match tokio::time::timeout(timeout, instance.client.history(prompt_id)).await {
+            Ok(Ok(Some(_))) => Some((false, true)),
+            _ => None,
+        }
+    }
+
     /// See the module docs.
     pub(crate) async fn find_again(&self, job: &Job) -> Result<Option<ProviderEventStream>, ProviderError> {
         let prompt_id = job.id.to_string();
@@ -92,6 +111,7 @@ impl ComfyUiProvider {
                 Arc::clone(instance),
                 registration,
                 self.config.reconnect_grace,
+                self.config.recovery_poll,
                 Arc::clone(&self.uncached),
             )
             .recovered(running, ended, self.config.recovery_poll);
