@@ -70,6 +70,7 @@
 //! # }
 //! ```
 
+pub mod callback;
 pub mod clock;
 pub mod dispatcher;
 pub mod error;
@@ -80,6 +81,7 @@ pub mod scheduler;
 pub mod sink;
 pub mod store;
 
+pub use callback::{CallbackError, CallbackHub, Registration};
 pub use clock::Clock;
 pub use dispatcher::{Dispatcher, DispatcherConfig, ProviderStatus};
 pub use error::{Error, Result};

@@ -39,6 +39,12 @@ impl ApiKey {
         Self::new(text).map_err(|_| Error::Config(format!("the API key file {} is empty", path.display())))
     }
 
+    /// `text` with every occurrence of the key replaced by `***`: for messages that quote what a
+    /// platform answered (an error page that echoes the request's headers).
+    pub fn redact(&self, text: &str) -> String {
+        text.replace(&self.0, "***")
+    }
+
     /// The key itself, for the `Authorization` header only.
     pub(crate) fn expose(&self) -> &str {
         &self.0
@@ -67,6 +73,7 @@ mod tests {
         assert_eq!(key.expose(), "sk-very-secret");
         assert!(!format!("{key:?} {key}").contains("secret"));
         assert!(ApiKey::new("  ").is_err());
+        assert_eq!(key.redact("echo: Bearer sk-very-secret!"), "echo: Bearer ***!");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");
         std::fs::write(&path, "sk-from-file\n").unwrap();

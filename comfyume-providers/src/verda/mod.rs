@@ -149,6 +149,26 @@ pub(crate) struct Deployment {
     pub scanner: Arc<Scanner>,
 }
 
+impl Deployment {
+    /// `text` without the API key in it.
+    pub(crate) fn redact(&self, text: &str) -> String {
+        match &self.config.api_key {
+            Some(key) => key.redact(text),
+            None => text.to_string(),
+        }
+    }
+
+    /// A failure without the API key in its message or details.
+    pub(crate) fn redact_failure(&self, mut failure: comfyume_core::Failure) -> comfyume_core::Failure {
+        if let Some(key) = &self.config.api_key {
+            failure.message = key.redact(&failure.message);
+            let details = key.redact(&failure.details.to_string());
+            failure.details = serde_json::from_str(&details).unwrap_or(serde_json::Value::Null);
+        }
+        failure
+    }
+}
+
 /// See the module docs.
 pub struct VerdaProvider {
     deployment: Arc<Deployment>,

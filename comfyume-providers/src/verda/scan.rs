@@ -13,7 +13,7 @@
 //!
 //! A PNG or WebP that is still being written is never reported, however long the writer pauses.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -151,7 +151,17 @@ impl Scanner {
     pub fn pass(&self) {
         let ids: Vec<JobId> = self.lock().keys().copied().collect();
         for id in ids {
-            let listed = list_files(&self.job_dir(id));
+            // Files already reported are only listed, not looked at again (no `stat` per pass).
+            let known: HashSet<PathBuf> = match self.lock().get(&id) {
+                Some(w) => w
+                    .files
+                    .iter()
+                    .filter(|(_, s)| s.reported)
+                    .map(|(p, _)| p.clone())
+                    .collect(),
+                None => continue,
+            };
+            let listed = list_files(&self.job_dir(id), &known);
             let now = Instant::now();
             let mut jobs = self.lock();
             let Some(watch) = jobs.get_mut(&id) else { continue };
@@ -162,14 +172,12 @@ impl Scanner {
         }
     }
 
-    fn update(
-        &self,
-        watch: &mut Watch,
-        listed: Vec<(PathBuf, u64, Option<SystemTime>)>,
-        now: Instant,
-    ) -> ScanReport {
+    fn update(&self, watch: &mut Watch, listed: Vec<Listed>, now: Instant) -> ScanReport {
         let mut report = ScanReport::default();
-        for (path, size, modified) in listed {
+        for (path, looked) in listed {
+            let Some((size, modified)) = looked else {
+                continue;
+            };
             let state = watch.files.entry(path.clone()).or_insert_with(|| FileState {
                 size,
                 modified,
@@ -223,8 +231,12 @@ impl Scanner {
     }
 }
 
-/// Every regular file below `dir` (not names starting with `.`), with size and modification time.
-fn list_files(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+/// A file found by a pass: its path, and its size and modification time unless it was already reported.
+type Listed = (PathBuf, Option<(u64, Option<SystemTime>)>);
+
+/// Every regular file below `dir` (not names starting with `.`), with size and modification time
+/// except for the `known` ones.
+fn list_files(dir: &Path, known: &HashSet<PathBuf>) -> Vec<Listed> {
     let mut out = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), 0usize)];
     while let Some((d, depth)) = stack.pop() {
@@ -235,13 +247,18 @@ fn list_files(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
             if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
+            let path = entry.path();
+            if known.contains(&path) {
+                out.push((path, None));
+                continue;
+            }
             let Ok(meta) = entry.metadata() else { continue };
             if meta.is_dir() {
                 if depth < MAX_DEPTH {
-                    stack.push((entry.path(), depth + 1));
+                    stack.push((path, depth + 1));
                 }
             } else if meta.is_file() {
-                out.push((entry.path(), meta.len(), meta.modified().ok()));
+                out.push((path, Some((meta.len(), meta.modified().ok()))));
             }
         }
     }

@@ -123,7 +123,7 @@ pub(super) async fn cancel(dep: &Deployment, job: JobId) -> Result<(), ProviderE
         let deleted = dep.client.delete_queued(&[&id]).await;
         let interrupted = dep.client.interrupt(Some(&id)).await;
         if let (Err(e), _) | (_, Err(e)) = (deleted, interrupted) {
-            problems.push(e.to_string());
+            problems.push(dep.redact(&e.to_string()));
         }
     }
     if problems.len() == dep.config.max_replicas && !problems.is_empty() {
@@ -223,10 +223,10 @@ impl Run {
             }
             Err(Error::Rejected(body)) => {
                 waiting.answered();
-                Err(validation_failure(body))
+                Err(self.dep.redact_failure(validation_failure(body)))
             }
             Err(e) => {
-                let why = format!("deployment '{}': {e}", config.name);
+                let why = self.dep.redact(&format!("deployment '{}': {e}", config.name));
                 gate.failed(&why);
                 let kind = if e.is_retryable() {
                     FailureKind::ProviderUnavailable
@@ -366,6 +366,7 @@ impl Run {
             Ok(Ok(Some(entry))) => entry,
             Ok(Ok(None)) | Err(_) => return Told::Nothing,
             Ok(Err(e)) => {
+                let e = self.dep.redact(&e.to_string());
                 tracing::debug!(job = %id, error = %e, "history check failed; the scan goes on");
                 return Told::Nothing;
             }
