@@ -288,4 +288,11 @@ pub trait InferenceProvider: Send + Sync {
     async fn health_changed(&self) {
         std::future::pending::<()>().await
     }
+
+    /// The provider's node catalogue exactly as ComfyUI's `GET /object_info` answers it, for serving to
+    /// a ComfyUI frontend: asked for now (callers keep the last good copy). `None` when the provider has
+    /// no such catalogue or none of its machines answers. The default is `None`.
+    async fn object_info(&self) -> Option<serde_json::Value> {
+        None
+    }
 }

@@ -44,6 +44,8 @@ struct Inner {
     day: DayBook,
     /// The admin page's live snapshots.
     live: LiveBoard,
+    /// What the users' ComfyUI workspaces share (the node catalogue they are served).
+    workspace: crate::workspace::Shared,
 }
 
 impl std::fmt::Debug for AppState {
@@ -111,6 +113,7 @@ impl AppState {
                 audit,
                 day: DayBook::default(),
                 live: LiveBoard::default(),
+                workspace: crate::workspace::Shared::default(),
             }),
         }
     }
@@ -211,6 +214,11 @@ impl AppState {
     /// The admin page's live snapshots.
     pub fn live(&self) -> &LiveBoard {
         &self.inner.live
+    }
+
+    /// What the users' ComfyUI workspaces share.
+    pub fn workspace(&self) -> &crate::workspace::Shared {
+        &self.inner.workspace
     }
 
     /// The output directory, when the engine's sink is a [`LocalDirSink`].

@@ -13,7 +13,8 @@ const WAIT = { timeout: 90_000 };
 const EXPECTED = [
   /\/user\.css\b/,
   /\/api\/userdata\/user\.css/,
-  /\/api\/userdata\?dir=subgraphs/,
+  /\/api\/userdata\?dir=(subgraphs|workflows)&/, // 404 "Directory not found" until the first save
+  /Error loading core workflow templates/, // the separate comfyui-workflow-templates package
   /comfy\.templates\.json/,
   /\/templates\/index[^ ]*\.json/,
   /api\.comfy\.org/,
@@ -61,7 +62,10 @@ await run('workspace', async (browser) => {
   await screenshot(alice, 'workspace-loaded');
 
   // Alice queues the fixture; the output image comes back through her own /view.
+  await alice.keyboard.press('Escape');
+  await bob.keyboard.press('Escape');
   const viewed = alice.waitForResponse((r) => r.url().includes('/u/alice/api/view?') && r.status() === 200, WAIT);
+  viewed.catch(() => {});
   const aliceId = await queueFixture(alice);
   const view = await viewed;
   check((view.headers()['content-type'] || '').startsWith('image/'), `the output came as ${view.headers()['content-type']}`);
@@ -72,29 +76,32 @@ await run('workspace', async (browser) => {
   console.log(`alice_prompt: ${aliceId}`);
 
   // Bob queues his own; each sees only their own prompt on the wire.
+  const bobViewed = bob.waitForResponse((r) => r.url().includes('/u/bob/api/view?') && r.status() === 200, WAIT);
+  bobViewed.catch(() => {});
   const bobId = await queueFixture(bob);
-  await bob.waitForResponse((r) => r.url().includes('/u/bob/api/view?') && r.status() === 200, WAIT);
+  await bobViewed;
   console.log(`bob_prompt: ${bobId}`);
   check(alice.frames_.some((f) => f.includes(aliceId)), 'alice saw nothing of her own prompt');
   check(!alice.frames_.some((f) => f.includes(bobId)), 'alice received a message of bob\'s prompt');
   check(!bob.frames_.some((f) => f.includes(aliceId)), 'bob received a message of alice\'s prompt');
   await screenshot(bob, 'workspace-bob');
 
-  // Save the workflow under a name, reload, and open it again from the server.
+  // Save the workflow under a name (the frontend's Save command and its name prompt), reload, and open
+  // it again from the server. First-time users get ComfyUI's template browser; it is closed first.
+  await alice.keyboard.press('Escape');
+  await alice.waitForTimeout(500);
   const saved = alice.waitForResponse((r) => r.url().includes('/u/alice/api/userdata/workflows%2F') && r.request().method() === 'POST', WAIT);
-  await alice.evaluate(async () => {
-    const w = window.app.extensionManager.workflow.activeWorkflow;
-    await window.app.extensionManager.command.execute('Comfy.SaveWorkflow');
-    return w?.path;
-  }).catch(() => {});
-  const nameBox = await alice.waitForSelector('.p-dialog input, dialog input', { timeout: 10_000 }).catch(() => null);
-  if (nameBox) {
-    await nameBox.fill('from-the-browser');
-    await nameBox.press('Enter');
-  }
+  saved.catch(() => {});
+  await alice.evaluate(() => { window.app.extensionManager.command.execute('Comfy.SaveWorkflow'); });
+  await alice.waitForTimeout(1500);
+  await screenshot(alice, 'workspace-save-prompt');
+  await alice.keyboard.press('Control+A');
+  await alice.keyboard.type('from-the-browser');
+  await alice.keyboard.press('Enter');
   const savedResp = await saved;
   check(savedResp.status() === 200, `saving answered ${savedResp.status()}`);
-  const savedPath = await savedResp.json();
+  const savedJson = await savedResp.json();
+  const savedPath = typeof savedJson === "string" ? savedJson : savedJson.path;
   console.log(`saved: ${JSON.stringify(savedPath)}`);
   await alice.reload();
   await alice.waitForFunction(() => window.app?.graph && !document.getElementById('splash-loader'), null, WAIT);

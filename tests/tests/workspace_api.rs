@@ -203,6 +203,27 @@ async fn the_startup_routes_answer_in_comfyui_shapes_and_unknown_routes_like_com
             .unwrap()
             .contains(&json!("checkpoints"))
     );
+    // The node catalogue, from the provider (the simulated worker serves ComfyUI 0.33.0's real one).
+    let info = ws.get("alice", "/u/alice/api/object_info").await;
+    assert!(
+        info.as_object().unwrap().len() > 800,
+        "{} classes",
+        info.as_object().unwrap().len()
+    );
+    assert_eq!(info["SaveImage"]["output_node"], true);
+    let one = ws.get("alice", "/u/alice/api/object_info/EmptyImage").await;
+    assert_eq!(
+        one.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["EmptyImage"]
+    );
+    assert_eq!(
+        ws.get("alice", "/u/alice/api/object_info/NoSuchNode").await,
+        json!({})
+    );
+    // Kept: the worker going away does not take the catalogue from the workspaces.
+    worker.shutdown().await;
+    let kept = ws.get("alice", "/u/alice/api/object_info?refresh=1").await;
+    assert_eq!(kept.as_object().unwrap().len(), info.as_object().unwrap().len());
     assert_eq!(ws.get("alice", "/u/alice/api/settings").await, json!({}));
     assert_eq!(
         ws.get("alice", "/u/alice/api/settings/Comfy.Locale").await,
@@ -217,7 +238,6 @@ async fn the_startup_routes_answer_in_comfyui_shapes_and_unknown_routes_like_com
         assert_eq!((status, body), (StatusCode::NOT_FOUND, json!("")), "{path}");
     }
     server.shut_down().await;
-    worker.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

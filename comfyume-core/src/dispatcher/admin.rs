@@ -7,6 +7,20 @@ use crate::job::{Job, UserId};
 use crate::store::{JobFilter, JobStatus};
 
 impl Dispatcher {
+    /// The node catalogue of the first provider that is not drained and can give one (see
+    /// [`crate::InferenceProvider::object_info`]), asking them in order.
+    pub async fn object_info(&self) -> Option<serde_json::Value> {
+        for slot in &self.inner.providers {
+            if slot.draining.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            if let Some(info) = slot.provider.object_info().await {
+                return Some(info);
+            }
+        }
+        None
+    }
+
     /// Provider names in the order they are offered jobs: the first with a free slot runs the next job,
     /// the others take over when it is full, drained or unavailable.
     pub fn provider_order(&self) -> Vec<String> {

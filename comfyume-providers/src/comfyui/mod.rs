@@ -385,4 +385,31 @@ impl InferenceProvider for ComfyUiProvider {
     async fn health_changed(&self) {
         self.health_changed.notified().await;
     }
+
+    async fn object_info(&self) -> Option<serde_json::Value> {
+        for instance in self.instances.iter().filter(|i| i.usable()) {
+            // Fetched rarely (the server keeps the copy), so a client of its own, with the instance's TLS.
+            let client = &instance.client;
+            let Ok(url) = client.endpoint("object_info") else {
+                continue;
+            };
+            let Ok(http) = ComfyClient::http_client(
+                std::time::Duration::from_secs(60),
+                std::time::Duration::from_secs(10),
+                client.tls(),
+            ) else {
+                continue;
+            };
+            let answer = match http.get(url).send().await.and_then(|r| r.error_for_status()) {
+                Ok(r) => r.json::<serde_json::Value>().await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(info @ serde_json::Value::Object(_)) => return Some(info),
+                Ok(_) => tracing::warn!(instance = %client.base_url(), "object_info is not a JSON object"),
+                Err(e) => tracing::debug!(instance = %client.base_url(), error = %e, "no object_info"),
+            }
+        }
+        None
+    }
 }

@@ -227,3 +227,77 @@ pub async fn model_folders(_ws: Workspace) -> Json<Value> {
 pub async fn none_by_that_name(_ws: Workspace) -> StatusCode {
     StatusCode::NOT_FOUND
 }
+
+/// The node catalogue as the workspaces are served it: its JSON text, its classes, when it was fetched.
+#[derive(Debug, Clone)]
+pub struct Catalogue {
+    json: Bytes,
+    classes: std::sync::Arc<Map<String, Value>>,
+    fetched: std::time::Instant,
+}
+
+/// How long a fetched catalogue is served before a provider is asked again.
+const CATALOGUE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The catalogue: the kept copy while fresh (unless `refresh`), else fetched again from the providers;
+/// when none answers, the last good copy.
+async fn catalogue(state: &AppState, refresh: bool) -> Option<Catalogue> {
+    let mut kept = state.workspace().object_info.lock().await;
+    let fresh = kept.as_ref().is_some_and(|c| c.fetched.elapsed() < CATALOGUE_TTL);
+    if fresh && !refresh {
+        return kept.clone();
+    }
+    let asked = tokio::time::timeout(std::time::Duration::from_secs(30), state.engine().object_info()).await;
+    match asked {
+        Ok(Some(Value::Object(classes))) if !classes.is_empty() => {
+            let json = Bytes::from(serde_json::to_vec(&classes).unwrap_or_default());
+            *kept = Some(Catalogue {
+                json,
+                classes: std::sync::Arc::new(classes),
+                fetched: std::time::Instant::now(),
+            });
+        }
+        _ => tracing::warn!(
+            kept = kept.is_some(),
+            "no provider gave its node catalogue (object_info); the workspaces get the last good copy"
+        ),
+    }
+    kept.clone()
+}
+
+/// `GET /object_info[?refresh]`: the node catalogue of the providers, kept for five minutes (`refresh`
+/// asks again at once); the last good copy while providers are cold; 503 before any provider answered.
+pub async fn object_info(
+    State(state): State<AppState>,
+    _ws: Workspace,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    match catalogue(&state, q.contains_key("refresh")).await {
+        Some(c) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json; charset=utf-8")],
+            c.json,
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "no provider has answered with its node catalogue yet; try again when one is up"})),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /object_info/{class}`: `{class: info}`, or `{}` for a class the catalogue does not have.
+pub async fn object_info_class(
+    State(state): State<AppState>,
+    _ws: Workspace,
+    axum::extract::Path(params): axum::extract::Path<Vec<(String, String)>>,
+) -> Json<Value> {
+    let class = param(&params, "class");
+    match catalogue(&state, false)
+        .await
+        .and_then(|c| c.classes.get(class).cloned())
+    {
+        Some(info) => Json(json!({ class: info })),
+        None => Json(json!({})),
+    }
+}

@@ -12,7 +12,7 @@
 //! | `/u/<user>` | redirects to `/u/<user>/` (the trailing slash is what makes the frontend's relative paths work) |
 //! | `/u/<user>/` | the frontend's `index.html`; a page saying how to install the frontend while none is |
 //! | `/u/<user>/<file>` | the frontend's files ([`frontend`]): gzip copies, cache headers |
-//! | `/assets/images/*`, `/assets/favicon.ico` | the few images the frontend asks for at the root (open) |
+//! | `/assets/images/*`, `/assets/favicon.ico`, `/favicon.ico` | the few images the frontend asks for at the root (open) |
 //!
 //! The frontend is installed with `comfyume frontend install` into `workspace.frontend_dir` (see
 //! [`frontend`]).
@@ -22,7 +22,7 @@
 //!
 //! | route | module |
 //! |---|---|
-//! | `users`, `settings` (+ `settings/{id}`), `extensions`, `features`, `system_stats`, `i18n`, `global_subgraphs`, `node_replacements`, `experiment/models`, `embeddings`, `models` | [`info`] |
+//! | `object_info` (+ `object_info/{class}`), `users`, `settings` (+ `settings/{id}`), `extensions`, `features`, `system_stats`, `i18n`, `global_subgraphs`, `node_replacements`, `experiment/models`, `embeddings`, `models` | [`info`] |
 //! | `prompt`, `queue`, `history`, `jobs` (+ cancel), `interrupt` | [`jobs`] |
 //! | `view` | [`files`] |
 //! | `upload/image` | [`inputs`] |
@@ -90,6 +90,12 @@ impl WorkspaceSection {
             .clone()
             .unwrap_or_else(|| data_dir.join("templates"))
     }
+}
+
+/// What every workspace shares: the node catalogue (`object_info`) as last fetched from a provider.
+#[derive(Debug, Default)]
+pub struct Shared {
+    object_info: tokio::sync::Mutex<Option<info::Catalogue>>,
 }
 
 /// Where comfyume's own workspace extension is served (listed by `GET /extensions`).
@@ -162,6 +168,8 @@ pub(crate) async fn write_atomically(path: &Path, data: axum::body::Bytes) -> st
 fn api_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     vec![
         ("users", get(info::users)),
+        ("object_info", get(info::object_info)),
+        ("object_info/{class}", get(info::object_info_class)),
         ("settings", get(info::settings).post(info::post_settings)),
         ("settings/{id}", get(info::setting).post(info::post_setting)),
         ("extensions", get(info::extensions)),
@@ -245,7 +253,8 @@ pub fn routes() -> Router<AppState> {
         .route(&format!("/u/{{user}}{EXTENSION_PATH}"), get(extension))
         .route("/u/{user}/{*path}", get(static_file))
         .route("/assets/images/{*path}", get(root_asset))
-        .route("/assets/favicon.ico", get(root_asset));
+        .route("/assets/favicon.ico", get(root_asset))
+        .route("/favicon.ico", get(favicon));
     for (path, handler) in api_routes() {
         router = router
             .route(&format!("/u/{{user}}/{path}"), handler.clone())
@@ -366,6 +375,12 @@ async fn static_file(State(state): State<AppState>, _ws: Workspace, request: Req
 async fn root_asset(State(state): State<AppState>, request: Request) -> Response {
     let relative = request.uri().path().trim_start_matches('/').to_string();
     serve_file(frontend_dir(&state), relative, request).await
+}
+
+/// `GET /favicon.ico` (asked for by pages without an icon of their own, like the login form): the
+/// frontend's icon.
+async fn favicon(State(state): State<AppState>, request: Request) -> Response {
+    serve_file(frontend_dir(&state), "assets/favicon.ico".into(), request).await
 }
 
 fn frontend_dir(state: &AppState) -> PathBuf {
