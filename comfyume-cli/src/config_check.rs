@@ -140,10 +140,13 @@ pub fn summary(c: &ServerConfig) -> Vec<String> {
                 cold_start_timeout_secs,
                 ..
             } => {
+                let mode = match output_dir {
+                    Some(dir) => format!("shared directory {}", dir.display()),
+                    None => "async inference to a comfyume agent".to_string(),
+                };
                 lines.push(format!(
-                    "provider:    {name}: Verda {} (shared directory {}), {} slot(s) = {max_replicas} replica(s) x {concurrency}",
+                    "provider:    {name}: Verda {} ({mode}), {} slot(s) = {max_replicas} replica(s) x {concurrency}",
                     verda.verda_url().unwrap_or_default(),
-                    output_dir.display(),
                     max_replicas * concurrency
                 ));
                 let key = match verda.api_key_source() {

@@ -5,6 +5,7 @@
 //! `comfyume-providers`) or the API client in `comfyume_cli::client`.
 
 mod admin;
+mod agent;
 mod config_check;
 mod connect;
 mod dev;
@@ -81,6 +82,10 @@ enum Command {
     /// It never runs inference: it executes a few simple node types on real pixels and writes real
     /// files, taking a configurable time per job.
     SimWorker(sim_worker::SimWorkerArgs),
+    /// Run the agent that sits beside an unmodified ComfyUI inside a serverless GPU container: the
+    /// platform's async layer sends it one whole job (POST /comfyume/run), it answers with the outputs;
+    /// GET /health follows the platform's health-check contract.
+    Agent(agent::AgentArgs),
     /// Measure a real `comfyume serve` process: memory with many users and event streams, and the
     /// time from start to ready. Prints figures; talks to 127.0.0.1 only.
     #[command(subcommand)]
@@ -124,6 +129,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Config(args) => config_check::run(args),
         Command::Frontend(args) => frontend::run(args).await,
         Command::SimWorker(args) => sim_worker::run(args).await,
+        Command::Agent(args) => agent::run(args).await,
         Command::Load(command) => load::run(command).await,
         Command::Loadtest(args) => loadtest::run(*args).await,
     }
@@ -134,7 +140,7 @@ fn main() -> ExitCode {
     let (format, level) = match &cli.command {
         Command::Serve(a) => (a.log_format, "info"),
         Command::Dev(a) => (a.log_format, "info"),
-        Command::SimWorker(_) => (LogFormat::Human, "info"),
+        Command::SimWorker(_) | Command::Agent(_) => (LogFormat::Human, "info"),
         _ => (LogFormat::Human, "warn"),
     };
     logging::init(format, level);

@@ -9,8 +9,8 @@ use clap::Args;
 use comfyume_core::InferenceProvider;
 use comfyume_providers::serverless::GateConfig;
 use comfyume_providers::{
-    ApiKey, ComfyUiConfig, ComfyUiProvider, InstanceConfig, SharedDirConfig, VerdaConfig, VerdaMode,
-    VerdaProvider,
+    ApiKey, AsyncConfig, ComfyUiConfig, ComfyUiProvider, InstanceConfig, SharedDirConfig, VerdaConfig,
+    VerdaMode, VerdaProvider,
 };
 use comfyume_server::config::{ApiKeySource, ProviderSection, ServerConfig, StoreBackend, VerdaModeName};
 use comfyume_server::{Auth, ServerError};
@@ -80,6 +80,7 @@ pub async fn providers(config: &ServerConfig) -> anyhow::Result<Vec<Arc<dyn Infe
                 failover_after,
                 cooldown_secs,
                 warm_for_secs,
+                poll_interval_ms,
                 ..
             } => {
                 let url = section
@@ -91,15 +92,21 @@ pub async fn providers(config: &ServerConfig) -> anyhow::Result<Vec<Arc<dyn Infe
                     _ => return Err(Fail::usage(format!("provider '{name}' has no API key source"))),
                 }
                 .map_err(|e| Fail::usage(format!("provider '{name}': {e}")))?;
-                let VerdaModeName::SharedDir = mode else {
-                    return Err(Fail::usage(format!(
-                        "provider '{name}': this mode is not built yet"
-                    )));
-                };
-                let shared = SharedDirConfig {
-                    scan_interval: Duration::from_millis(scan_interval_ms),
-                    settle: Duration::from_millis(settle_ms),
-                    ..SharedDirConfig::new(output_dir.clone())
+                let verda_mode = match (mode, output_dir) {
+                    (VerdaModeName::SharedDir, Some(dir)) => VerdaMode::SharedDir(SharedDirConfig {
+                        scan_interval: Duration::from_millis(scan_interval_ms),
+                        settle: Duration::from_millis(settle_ms),
+                        ..SharedDirConfig::new(dir.clone())
+                    }),
+                    (VerdaModeName::Async, _) => VerdaMode::Async(AsyncConfig {
+                        poll_interval: Duration::from_millis(poll_interval_ms),
+                        ..AsyncConfig::default()
+                    }),
+                    _ => {
+                        return Err(Fail::usage(format!(
+                            "provider '{name}': shared_dir mode needs output_dir"
+                        )));
+                    }
                 };
                 let verda = VerdaConfig {
                     max_replicas,
@@ -110,7 +117,7 @@ pub async fn providers(config: &ServerConfig) -> anyhow::Result<Vec<Arc<dyn Infe
                         failover_after,
                         cooldown: Duration::from_secs(cooldown_secs),
                     },
-                    ..VerdaConfig::new(name.clone(), url, Some(key), VerdaMode::SharedDir(shared))
+                    ..VerdaConfig::new(name.clone(), url, Some(key), verda_mode)
                 };
                 let provider =
                     VerdaProvider::start(verda).with_context(|| format!("starting provider '{name}'"))?;

@@ -13,7 +13,8 @@
 //! - [`VerdaProvider`] ([`verda`]): a Verda serverless deployment (load-balanced replicas that scale
 //!   to zero) in shared-directory mode: outputs picked up from a shared output directory by a polling
 //!   scanner, cold starts reported as "waiting for a GPU to start", failover to the next deployment
-//!   after repeated failures ([`serverless`]).
+//!   after repeated failures ([`serverless`]); or in async-inference mode, through the platform's async
+//!   layer to a [`comfyume agent`](agent) beside an unmodified ComfyUI in the container.
 //! - [`sim`]: a protocol-faithful **simulated** ComfyUI worker for tests, demos and load tests (never
 //!   inference).
 //!
@@ -63,6 +64,7 @@
 
 pub mod sim;
 
+pub mod agent;
 pub mod catalogue;
 pub mod comfyui;
 pub mod error;
@@ -74,4 +76,4 @@ pub mod verda;
 pub use comfyui::{ComfyUiConfig, ComfyUiProvider, InstanceConfig, InstanceStatus};
 pub use error::{Error, Result};
 pub use serverless::ApiKey;
-pub use verda::{SharedDirConfig, VerdaConfig, VerdaMode, VerdaProvider};
+pub use verda::{AsyncConfig, Callbacks, SharedDirConfig, VerdaConfig, VerdaMode, VerdaProvider};

@@ -582,6 +582,10 @@ mod tests {
                 "providers[0].api_key_file",
             ),
             ("api_key = \"sk-in-the-file\"\n", "api_key"),
+            (
+                "mode = \"async\"\npoll_interval_ms = 0\n",
+                "providers[0].poll_interval_ms",
+            ),
         ] {
             let text = example_block("verda")
                 .lines()

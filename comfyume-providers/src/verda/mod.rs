@@ -25,10 +25,18 @@
 //!
 //! Capacity is `max_replicas × concurrency`: jobs wait in comfyume's fair queue, not in Verda's.
 //!
-//! Not built yet: the async-inference mode (`Prefer: respond-async`) and the `comfyume agent` it needs.
+//! Its **async-inference mode** ([`VerdaMode::Async`], see `async_mode.rs`) sends the whole job as one
+//! request to the `comfyume agent` ([`crate::agent`]) in the container through Verda's async layer
+//! (`Prefer: respond-async`, the job id as `X-Inference-Id`), polls the request's status path and fetches
+//! the agent's answer (outputs inline) from its result path; live progress comes from the agent to the
+//! server's callback route. Cancelling a job there is not possible (no documented way to withdraw an
+//! async request): the container finishes it and the answer is ignored.
 
+mod async_mode;
 pub mod scan;
 mod shared;
+
+pub use async_mode::Phase;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,8 +44,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use comfyume_core::{
-    Capacity, Health, InferenceProvider, Job, JobId, ProviderError, ProviderEventStream, WAITING_FOR_GPU,
-    Warmth,
+    CallbackHub, Capacity, Health, InferenceProvider, Job, JobId, ProviderError, ProviderEventStream,
+    WAITING_FOR_GPU, Warmth,
 };
 
 use crate::error::{Error, Result};
@@ -49,11 +57,44 @@ pub use scan::Scanner;
 pub const VERDA_BASE: &str = "https://containers.datacrunch.io";
 
 /// How a [`VerdaProvider`] gets a job's results.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum VerdaMode {
     /// Outputs are picked up from a directory the replicas and this server share.
     SharedDir(SharedDirConfig),
+    /// The platform's async inference in front of a `comfyume agent`.
+    Async(AsyncConfig),
+}
+
+/// Settings of the async-inference mode.
+#[derive(Clone, Debug)]
+pub struct AsyncConfig {
+    /// How often the request's status is asked (default every second).
+    pub poll_interval: Duration,
+    /// The agent's run path below the deployment (default `comfyume/run`).
+    pub run_path: String,
+    /// Where the agent pushes live progress; `None`: no live progress, only the status.
+    pub callbacks: Option<Callbacks>,
+}
+
+impl Default for AsyncConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(1),
+            run_path: "comfyume/run".into(),
+            callbacks: None,
+        }
+    }
+}
+
+/// Live progress from the agents: the server's URL as the containers reach it (its callback route is
+/// `<public_url>/api/v1/callbacks/<job>`) and the hub that route delivers to.
+#[derive(Clone, Debug)]
+pub struct Callbacks {
+    /// The comfyume server's URL as the GPU containers reach it.
+    pub public_url: String,
+    /// Shared with the server's callback route.
+    pub hub: CallbackHub,
 }
 
 /// Settings of the shared-directory mode.
@@ -145,8 +186,11 @@ impl VerdaConfig {
 pub(crate) struct Deployment {
     pub config: VerdaConfig,
     pub client: ComfyClient,
+    /// The same connection pool, for the requests that are not ComfyUI's.
+    pub http: reqwest::Client,
     pub gate: Gate,
-    pub scanner: Arc<Scanner>,
+    /// Shared-directory mode only.
+    pub scanner: Option<Arc<Scanner>>,
 }
 
 impl Deployment {
@@ -193,25 +237,39 @@ impl VerdaProvider {
                 config.name
             )));
         }
-        let VerdaMode::SharedDir(shared) = &config.mode;
-        if shared.scan_interval.is_zero() {
-            return Err(Error::Config(format!(
-                "provider '{}': the scan interval must be above 0",
-                config.name
-            )));
-        }
+        let scanner = match &config.mode {
+            VerdaMode::SharedDir(shared) => {
+                if shared.scan_interval.is_zero() {
+                    return Err(Error::Config(format!(
+                        "provider '{}': the scan interval must be above 0",
+                        config.name
+                    )));
+                }
+                let scanner = Scanner::new(shared.output_dir.clone(), shared.scan_interval, shared.settle);
+                tokio::spawn(Arc::clone(&scanner).run());
+                Some(scanner)
+            }
+            VerdaMode::Async(a) => {
+                if a.poll_interval.is_zero() {
+                    return Err(Error::Config(format!(
+                        "provider '{}': the poll interval must be above 0",
+                        config.name
+                    )));
+                }
+                None
+            }
+        };
         let timeout = config
             .request_timeout
             .max(config.cold_start_timeout + config.request_timeout);
         let http = bearer_client(config.api_key.as_ref(), timeout, config.connect_timeout)?;
-        let client = ComfyClient::with_http(&config.url, http)?;
-        let scanner = Scanner::new(shared.output_dir.clone(), shared.scan_interval, shared.settle);
-        tokio::spawn(Arc::clone(&scanner).run());
+        let client = ComfyClient::with_http(&config.url, http.clone())?;
         let gate = Gate::new(config.gate.clone());
         Ok(Self {
             deployment: Arc::new(Deployment {
                 config,
                 client,
+                http,
                 gate,
                 scanner,
             }),
@@ -226,7 +284,9 @@ impl VerdaProvider {
 
 impl Drop for VerdaProvider {
     fn drop(&mut self) {
-        self.deployment.scanner.stop();
+        if let Some(scanner) = &self.deployment.scanner {
+            scanner.stop();
+        }
     }
 }
 
@@ -244,18 +304,28 @@ impl InferenceProvider for VerdaProvider {
     }
 
     async fn submit(&self, job: &Job) -> Result<ProviderEventStream, ProviderError> {
-        shared::submit(Arc::clone(&self.deployment), job).await
+        match &self.deployment.config.mode {
+            VerdaMode::SharedDir(_) => shared::submit(Arc::clone(&self.deployment), job).await,
+            VerdaMode::Async(a) => async_mode::submit(Arc::clone(&self.deployment), a.clone(), job).await,
+        }
     }
 
-    /// Best effort: Verda routes each request to any replica, so the interrupt and the queue deletion
-    /// are sent once per possible replica.
+    /// Shared-directory mode, best effort: Verda routes each request to any replica, so the interrupt and
+    /// the queue deletion are sent once per possible replica. Async mode: nothing to do (see the module
+    /// docs).
     async fn cancel(&self, job: JobId) -> Result<(), ProviderError> {
-        shared::cancel(&self.deployment, job).await
+        match &self.deployment.config.mode {
+            VerdaMode::SharedDir(_) => shared::cancel(&self.deployment, job).await,
+            VerdaMode::Async(_) => Ok(()),
+        }
     }
 
     /// Deletes the job's directory in the shared output directory.
     async fn cleanup(&self, job: JobId) {
-        let dir = self.deployment.scanner.job_dir(job);
+        let Some(scanner) = &self.deployment.scanner else {
+            return;
+        };
+        let dir = scanner.job_dir(job);
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

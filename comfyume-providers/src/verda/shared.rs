@@ -85,8 +85,11 @@ pub(super) async fn submit(dep: Arc<Deployment>, job: &Job) -> Result<ProviderEv
         false,
     );
     let expected = expected_files(&workflow, job.id);
+    let Some(scanner) = dep.scanner.clone() else {
+        return Err(ProviderError::Protocol("not in shared-directory mode".into()));
+    };
     // Files an earlier attempt left would be taken for this one's.
-    let dir = dep.scanner.job_dir(job.id);
+    let dir = scanner.job_dir(job.id);
     match tokio::fs::remove_dir_all(&dir).await {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -97,9 +100,10 @@ pub(super) async fn submit(dep: Arc<Deployment>, job: &Job) -> Result<ProviderEv
             )));
         }
     }
-    let reports = dep.scanner.watch(job.id);
+    let reports = scanner.watch(job.id);
     let (tx, rx) = mpsc::unbounded_channel();
     let run = Run {
+        scanner,
         dep: Arc::clone(&dep),
         job: job.id,
         extra_data: job.spec.extra_data.clone(),
@@ -133,6 +137,7 @@ pub(super) async fn cancel(dep: &Deployment, job: JobId) -> Result<(), ProviderE
 }
 
 struct Run {
+    scanner: Arc<super::Scanner>,
     dep: Arc<Deployment>,
     job: JobId,
     extra_data: Value,
@@ -168,7 +173,7 @@ impl Run {
             }
             Err(failure) => ProviderEvent::Failed(failure),
         };
-        self.dep.scanner.unwatch(self.job);
+        self.scanner.unwatch(self.job);
         self.send(end);
     }
 
@@ -240,9 +245,10 @@ impl Run {
 
     /// Hands over complete files until the job is complete (or a history entry says how it ended).
     async fn follow(&self, mut reports: mpsc::UnboundedReceiver<ScanReport>) -> ProviderEvent {
-        let settle = self.dep.scanner.settle();
+        let settle = self.scanner.settle();
         let poll = match &self.dep.config.mode {
             super::VerdaMode::SharedDir(s) => s.history_poll,
+            _ => None,
         };
         let mut next_poll = poll.map(|p| Instant::now() + p);
         let mut delivered: Vec<(Option<String>, FoundFile)> = Vec::new();

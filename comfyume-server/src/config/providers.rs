@@ -48,11 +48,17 @@ pub enum ProviderSection {
         /// A secrets file holding the bearer key, instead of `api_key_env`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         api_key_file: Option<PathBuf>,
-        /// How results come back: `shared_dir` (the only mode built so far).
+        /// How results come back: `shared_dir` or `async` (through the platform's async inference to a
+        /// `comfyume agent` in the container).
         #[serde(default)]
         mode: VerdaModeName,
-        /// ComfyUI's output directory as mounted on this server (the deployment's shared filesystem).
-        output_dir: PathBuf,
+        /// ComfyUI's output directory as mounted on this server (the deployment's shared filesystem);
+        /// `shared_dir` mode only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output_dir: Option<PathBuf>,
+        /// How often an async request's status is asked, in milliseconds (`async` mode).
+        #[serde(default = "default_poll_ms")]
+        poll_interval_ms: u64,
         /// Most replicas the deployment scales to.
         #[serde(default = "one")]
         max_replicas: usize,
@@ -100,6 +106,9 @@ pub enum VerdaModeName {
     /// Outputs are picked up from the shared output directory.
     #[default]
     SharedDir,
+    /// The platform's async inference in front of a `comfyume agent` (live progress is not wired to the
+    /// server yet: jobs show their status only).
+    Async,
 }
 
 pub(crate) fn default_provider_name() -> String {
@@ -112,6 +121,10 @@ fn one() -> usize {
 
 fn default_cold_start() -> u64 {
     540
+}
+
+fn default_poll_ms() -> u64 {
+    1000
 }
 
 fn default_scan_ms() -> u64 {
@@ -226,8 +239,23 @@ impl ProviderSection {
                 cold_start_timeout_secs,
                 scan_interval_ms,
                 failover_after,
+                mode,
+                output_dir,
+                poll_interval_ms,
                 ..
             } => {
+                match (mode, output_dir) {
+                    (VerdaModeName::SharedDir, None) => {
+                        return bad(
+                            "output_dir",
+                            "shared_dir mode needs the shared output directory as mounted here".to_string(),
+                        );
+                    }
+                    (VerdaModeName::Async, _) if *poll_interval_ms == 0 => {
+                        return bad("poll_interval_ms", "must be at least 1".to_string());
+                    }
+                    _ => {}
+                }
                 match (deployment, url) {
                     (Some(_), Some(_)) | (None, None) => {
                         return bad(
