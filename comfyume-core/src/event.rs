@@ -142,18 +142,35 @@ impl EventKind {
 #[derive(Clone, Debug)]
 pub struct EventBus {
     tx: broadcast::Sender<JobEvent>,
+    /// The events published here, without those relayed from other servers.
+    local: broadcast::Sender<JobEvent>,
 }
 
 impl EventBus {
     /// A bus that buffers up to `capacity` events per subscriber.
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        Self { tx }
+        let (local, _) = broadcast::channel(capacity.max(1));
+        Self { tx, local }
     }
 
     /// Sends an event to every current subscriber (none is fine).
     pub fn publish(&self, event: JobEvent) {
+        if self.local.receiver_count() > 0 {
+            let _ = self.local.send(event.clone());
+        }
         let _ = self.tx.send(event);
+    }
+
+    /// Delivers an event another server published (relayed through a shared store) to the subscribers
+    /// of [`EventBus::subscribe`], not to those of [`EventBus::subscribe_local`].
+    pub fn publish_relayed(&self, event: JobEvent) {
+        let _ = self.tx.send(event);
+    }
+
+    /// A receiver of the events published on this server from now on (what a relay sends to the others).
+    pub fn subscribe_local(&self) -> broadcast::Receiver<JobEvent> {
+        self.local.subscribe()
     }
 
     /// A receiver of every event published from now on.

@@ -24,6 +24,9 @@ mod providers;
 
 pub use providers::{ApiKeySource, ProviderSection, VerdaModeName};
 
+/// How often a server on a shared (Redis) store reads the queue for jobs other servers accepted.
+const SHARED_QUEUE_POLL: Duration = Duration::from_millis(250);
+
 /// The whole configuration, as read. Call [`ServerConfig::validate`] before use.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -455,6 +458,8 @@ impl ServerConfig {
             queue_timeout: j.queue_timeout_secs.map(Duration::from_secs),
             start_timeout: Duration::from_secs(j.start_timeout_secs),
             execution_timeout: Duration::from_secs(j.execution_timeout_secs),
+            // Servers sharing a Redis each follow the whole queue.
+            follow_shared_queue: (self.store.backend == StoreBackend::Redis).then_some(SHARED_QUEUE_POLL),
             ..DispatcherConfig::default()
         }
     }

@@ -62,6 +62,8 @@ pub async fn build(
         ))
     })?;
     let lock = DataDirLock::acquire(&config.data_dir)?;
+    // Servers on one Redis relay their job events to each other.
+    let mut relay = None;
     let store: Arc<dyn JobStore> = match config.store.backend {
         config::StoreBackend::Sqlite => {
             let synchronous = match config.store.synchronous {
@@ -81,6 +83,7 @@ pub async fn build(
             let store = comfyume_core::RedisStore::connect(url, options)
                 .await
                 .map_err(|e| ServerError::Config(format!("the Redis job store: {e}")))?;
+            relay = Some(store.clone());
             Arc::new(store)
         }
     };
@@ -92,8 +95,11 @@ pub async fn build(
         Arc::new(sink.clone()),
         providers,
         config.scheduler_config(),
-        config.dispatcher_config(holder),
+        config.dispatcher_config(holder.clone()),
     );
+    if let Some(redis) = relay {
+        redis.relay_events(engine.events().clone(), holder);
+    }
     // The instructor's standing overrides hold before the first job is handed out.
     let overrides = overrides::OverridesFile::in_dir(&config.data_dir);
     let saved = overrides.load()?;

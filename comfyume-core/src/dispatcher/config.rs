@@ -40,6 +40,11 @@ pub struct DispatcherConfig {
     pub execution_timeout: Duration,
     /// Events buffered per subscriber before a slow one lags.
     pub event_capacity: usize,
+    /// For a store shared with other servers (Redis): how often the queue is read, so that jobs other
+    /// servers accepted or put back are dispatched here too and jobs they took leave this server's line.
+    /// `None` (the default) for a store only this server uses.
+    #[serde(with = "opt_millis")]
+    pub follow_shared_queue: Option<Duration>,
 }
 
 impl Default for DispatcherConfig {
@@ -57,6 +62,7 @@ impl Default for DispatcherConfig {
             start_timeout: Duration::from_secs(600),
             execution_timeout: Duration::from_secs(1800),
             event_capacity: 4096,
+            follow_shared_queue: None,
         }
     }
 }

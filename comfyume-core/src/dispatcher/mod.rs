@@ -21,6 +21,7 @@ mod check_tests;
 mod config;
 mod recovery;
 mod run;
+mod shared;
 #[cfg(test)]
 mod tests;
 
@@ -201,6 +202,9 @@ impl Dispatcher {
         }
         inner.tasks.spawn(Arc::clone(inner).dispatch_loop());
         inner.tasks.spawn(Arc::clone(inner).reaper_loop());
+        if let Some(every) = inner.config.follow_shared_queue {
+            inner.tasks.spawn(Arc::clone(inner).follow_loop(every));
+        }
         tracing::info!(recovered, providers = inner.providers.len(), "dispatcher started");
         Ok(())
     }

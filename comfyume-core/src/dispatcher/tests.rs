@@ -195,8 +195,12 @@ fn config() -> DispatcherConfig {
         start_timeout: Duration::from_secs(60),
         execution_timeout: Duration::from_secs(300),
         event_capacity: 1024,
+        follow_shared_queue: None,
     }
 }
+
+#[path = "shared_tests.rs"]
+mod shared;
 
 async fn harness(providers: Vec<Arc<dyn InferenceProvider>>, config: DispatcherConfig) -> Harness {
     harness_with_store(Arc::new(MemoryStore::new()), providers, config).await

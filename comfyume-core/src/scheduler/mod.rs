@@ -477,6 +477,19 @@ impl Scheduler {
         })
     }
 
+    /// Every waiting job, in enqueue order.
+    pub fn waiting(&self) -> impl Iterator<Item = JobKey> + '_ {
+        self.jobs.iter().map(|(seq, loc)| JobKey {
+            id: loc.id,
+            seq: *seq,
+        })
+    }
+
+    /// True while the job is handed out ([`Scheduler::pop`]) and not yet completed.
+    pub fn is_running(&self, id: JobId) -> bool {
+        self.running.contains_key(&id)
+    }
+
     /// True while the job is waiting here.
     pub fn contains(&self, key: JobKey) -> bool {
         self.loc(key).is_some()

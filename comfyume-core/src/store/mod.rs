@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::error::Result;
 use crate::job::{Failure, Job, JobId, JobSpec, JobState, Timestamp, UserId};
+use crate::scheduler::JobKey;
 use crate::sink::OutputRef;
 
 pub mod conformance;
@@ -153,6 +154,15 @@ pub trait JobStore: Send + Sync {
 
     /// Every queued job, oldest first (by `seq`): how a scheduler is rebuilt at start-up.
     async fn queued(&self) -> Result<Vec<Job>>;
+
+    /// The id and enqueue number of every queued job, oldest first: what a server following a queue
+    /// shared with other servers reads often ([`DispatcherConfig::follow_shared_queue`]), so stores
+    /// whose `queued` is costly answer it without reading whole jobs.
+    ///
+    /// [`DispatcherConfig::follow_shared_queue`]: crate::DispatcherConfig::follow_shared_queue
+    async fn queued_keys(&self) -> Result<Vec<JobKey>> {
+        Ok(self.queued().await?.iter().map(JobKey::from).collect())
+    }
 
     /// Leases a queued job: Queued → Leased, `attempts` + 1, a fresh token. Fails with `WrongState` if the
     /// job is not queued (cancelled meanwhile, leased by another server).

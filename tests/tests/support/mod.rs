@@ -8,6 +8,7 @@
 pub mod browser;
 pub mod faulty;
 pub mod frontend;
+pub mod private_redis;
 pub mod workspace;
 
 use std::collections::HashMap;

@@ -59,6 +59,11 @@ impl Keys {
         format!("{}queued", self.prefix)
     }
 
+    /// The channel job events are relayed on.
+    pub(super) fn events(&self) -> String {
+        format!("{}events", self.prefix)
+    }
+
     /// The held jobs by lease expiry.
     pub(super) fn held(&self) -> String {
         format!("{}held", self.prefix)

@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 use super::record::{LeaseRecord, Reaped, Record};
 use super::*;
 use crate::error::Error;
+use crate::scheduler::JobKey;
 
 mod codec;
 mod keys;
+mod relay;
 #[cfg(test)]
 mod tests;
 
@@ -95,6 +97,7 @@ impl RedisOptions {
 /// reads Redis's clock for a caller that wants to check.
 #[derive(Clone)]
 pub struct RedisStore {
+    client: ::redis::Client,
     con: ConnectionManager,
     keys: Keys,
     enqueue: Script,
@@ -129,10 +132,12 @@ impl RedisStore {
             .set_response_timeout(Some(options.response_timeout))
             .set_number_of_retries(2);
         let con = client
+            .clone()
             .get_connection_manager_with_config(config)
             .await
             .map_err(|e| Error::Store(format!("cannot connect to Redis: {e}")))?;
         let store = Self {
+            client,
             con,
             keys,
             enqueue: Script::new(include_str!("enqueue.lua")),
@@ -419,6 +424,22 @@ impl JobStore for RedisStore {
             .into_iter()
             .filter(|r| r.job.state == JobState::Queued)
             .map(|r| r.job)
+            .collect())
+    }
+
+    async fn queued_keys(&self) -> Result<Vec<JobKey>> {
+        let mut con = self.con.clone();
+        let raw: Vec<(String, f64)> = con
+            .zrange_withscores(self.keys.queued(), 0, -1)
+            .await
+            .map_err(store_err)?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(id, seq)| {
+                let id = id.parse().ok()?;
+                // Enqueue numbers are whole and far below 2^53: exact as Redis scores.
+                Some(JobKey { id, seq: seq as u64 })
+            })
             .collect())
     }
 
