@@ -202,6 +202,11 @@ fn user_prefix(value: &Value) -> Result<String, String> {
         }
         Value::Object(_) => return Err("filename_prefix must be text".into()),
     };
+    if raw.chars().any(char::is_control) {
+        return Err(format!(
+            "filename_prefix {raw:?} may not contain control characters"
+        ));
+    }
     let mut parts = Vec::new();
     for part in raw.split(['/', '\\']) {
         match part {
