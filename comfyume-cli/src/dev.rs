@@ -119,7 +119,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         instances,
         ..ComfyUiConfig::default()
     };
-    let provider: Arc<dyn InferenceProvider> = Arc::new(ComfyUiProvider::start(pool).await?);
+    let inputs = Arc::new(comfyume_core::inputs::LocalInputs::new(&args.data_dir));
+    let provider: Arc<dyn InferenceProvider> =
+        Arc::new(ComfyUiProvider::start(pool).await?.with_inputs(inputs));
 
     let mut config = ServerConfig {
         listen: addr,

@@ -35,7 +35,7 @@ Exit codes:
   1  any other error
   2  usage: bad arguments, an unreadable or malformed workflow or configuration file
   3  connection or authentication: the server cannot be reached or refused the credentials
-  4  the job failed or was cancelled";
+  4  the job failed or was cancelled, or its workflow was refused as one no provider can run";
 
 /// An error that ends the program with a chosen exit code.
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,7 @@ mod config_check;
 mod connect;
 mod dev;
 mod frontend;
+mod inputs;
 mod jobs;
 mod load;
 mod loadtest;
@@ -62,6 +63,13 @@ enum Command {
     /// Cancel jobs: a queued one at once, a running one at its next step.
     #[command(after_help = EXIT_CODES_HELP)]
     Cancel(jobs::CancelArgs),
+    /// Upload a file for your workflows to load (LoadImage and the other loaders name it); it replaces
+    /// one of the same name. Prints the name to use.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Upload(inputs::UploadArgs),
+    /// List your uploaded inputs, or delete one.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Inputs(inputs::InputsArgs),
     /// List a job's output files, or download them.
     #[command(after_help = EXIT_CODES_HELP)]
     Outputs(outputs::OutputsArgs),
@@ -112,7 +120,7 @@ const MAIN_HELP: &str = concat!(
     "  1  any other error\n",
     "  2  usage: bad arguments, an unreadable or malformed workflow or configuration file\n",
     "  3  connection or authentication: the server cannot be reached or refused the credentials\n",
-    "  4  the job failed or was cancelled"
+    "  4  the job failed or was cancelled, or its workflow was refused as one no provider can run"
 );
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -124,6 +132,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Jobs(args) => jobs::list(args).await,
         Command::Cancel(args) => jobs::cancel(args).await,
         Command::Outputs(args) => outputs::run(args).await,
+        Command::Upload(args) => inputs::upload(args).await,
+        Command::Inputs(args) => inputs::inputs(args).await,
         Command::Users(args) => users::run(args),
         Command::Admin(args) => admin::run(args).await,
         Command::Config(args) => config_check::run(args),

@@ -63,9 +63,11 @@ pub async fn providers(config: &ServerConfig) -> anyhow::Result<Vec<Arc<dyn Infe
                     client_id_seed: Some(comfyume_server::identity(config)),
                     ..ComfyUiConfig::default()
                 };
+                let inputs = Arc::new(comfyume_core::inputs::LocalInputs::new(&config.data_dir));
                 let provider = ComfyUiProvider::start(pool)
                     .await
-                    .with_context(|| format!("starting provider '{name}'"))?;
+                    .with_context(|| format!("starting provider '{name}'"))?
+                    .with_inputs(inputs);
                 out.push(Arc::new(provider));
             }
             ProviderSection::Verda {

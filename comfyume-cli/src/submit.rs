@@ -23,6 +23,10 @@ pub struct SubmitArgs {
     /// Follow the job until it ends, with live progress, then list its outputs.
     #[arg(long, short = 'w')]
     pub wait: bool,
+    /// Upload FILE as one of your inputs and give it to the workflow's loader (LoadImage, …): the only
+    /// one, the one already naming the file, or node NODE's with NODE=FILE. Repeatable.
+    #[arg(long = "input", short = 'i', value_name = "[NODE=]FILE", value_parser = crate::inputs::parse_input_arg)]
+    pub inputs: Vec<crate::inputs::InputArg>,
     /// Priority tier (higher runs first under the `priority` policy; users may ask up to what the
     /// server allows).
     #[arg(long, short = 'p', allow_negative_numbers = true)]
@@ -68,8 +72,27 @@ pub fn parse_job_id(text: &str) -> Result<JobId, String> {
 
 /// `comfyume submit`.
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
-    let workflow = Workflow::read(&args.workflow)?;
+    let mut workflow = Workflow::read(&args.workflow)?;
     let client = args.client.connect().await?;
+    let mut given = Vec::new();
+    for input in &args.inputs {
+        let name = input
+            .file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Fail::usage(format!("{} has no usable file name", input.file.display())))?
+            .to_string();
+        // Checked before anything is uploaded: a workflow that cannot take the file changes nothing.
+        let node = crate::inputs::use_input(&mut workflow.prompt, input.node.as_deref(), &name, &given)
+            .map_err(|why| Fail::usage(format!("{}: {why}", args.workflow.display())))?;
+        given.push(node);
+    }
+    for input in &args.inputs {
+        let stored = crate::inputs::upload_file(&client, &input.file, None).await?;
+        if !args.quiet {
+            eprintln!("uploaded input {stored}");
+        }
+    }
     let wait = args.wait || args.download.is_some();
     if !wait {
         let job = client

@@ -75,6 +75,7 @@ pub mod clock;
 pub mod dispatcher;
 pub mod error;
 pub mod event;
+pub mod inputs;
 pub mod job;
 pub mod provider;
 pub mod scheduler;

@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Deepest JSON nesting accepted in a submitted workflow.
     pub max_json_depth: usize,
+    /// Largest input file a user may upload (`POST /api/v1/inputs`), in bytes.
+    pub max_input_bytes: usize,
     /// How long a shutdown waits for running jobs before handing them back to the queue, in seconds.
     pub shutdown_grace_secs: u64,
     /// The job store.
@@ -64,6 +66,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("comfyume-data"),
             max_body_bytes: 16 * 1024 * 1024,
             max_json_depth: 64,
+            max_input_bytes: 100 * 1024 * 1024,
             shutdown_grace_secs: 30,
             store: StoreSection::default(),
             scheduler: SchedulerSection::default(),
@@ -303,6 +306,12 @@ impl ServerConfig {
             return Err(bad(
                 "max_body_bytes",
                 format!("{} is too small (at least 1024)", self.max_body_bytes),
+            ));
+        }
+        if self.max_input_bytes < 1024 {
+            return Err(bad(
+                "max_input_bytes",
+                format!("{} is too small (at least 1024)", self.max_input_bytes),
             ));
         }
         if !(2..=1024).contains(&self.max_json_depth) {

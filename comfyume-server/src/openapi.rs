@@ -35,6 +35,10 @@ use crate::auth::{Principal, SESSION_COOKIE};
         crate::api::outputs::list,
         crate::api::outputs::by_index,
         crate::api::outputs::by_name,
+        crate::api::inputs::upload,
+        crate::api::inputs::list,
+        crate::api::inputs::get,
+        crate::api::inputs::delete,
         crate::api::queue::overview,
         crate::events::events,
         serve,
@@ -71,6 +75,7 @@ use crate::auth::{Principal, SESSION_COOKIE};
     tags(
         (name = "jobs", description = "Submit, read, list and cancel jobs"),
         (name = "outputs", description = "Download what jobs produced"),
+        (name = "inputs", description = "Each user's own input files, which workflows' loaders name"),
         (name = "queue", description = "Where jobs wait and when they may start"),
         (name = "events", description = "Live job events over a WebSocket"),
         (name = "admin", description = "The instructor's view and controls, and the audit log (admins only)"),

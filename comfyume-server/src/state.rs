@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use comfyume_core::inputs::LocalInputs;
 use comfyume_core::{Dispatcher, LocalDirSink};
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +34,8 @@ struct Inner {
     positions: PositionBoard,
     /// The engine's sink when it is a local directory: outputs are streamed from its files.
     local_files: Option<LocalDirSink>,
+    /// Every user's uploaded inputs, under the data directory.
+    inputs: LocalInputs,
     background: AtomicBool,
     /// Held for as long as the server runs: no second server uses the same data directory.
     _data_dir_lock: Option<DataDirLock>,
@@ -97,6 +100,7 @@ impl AppState {
             Some(d) => (Some(d.lock), Some(d.overrides), d.audit),
             None => (None, None, AuditLog::in_memory()),
         };
+        let inputs = LocalInputs::new(&config.data_dir);
         Self {
             inner: Arc::new(Inner {
                 metrics: Metrics::new(engine.clone()),
@@ -107,6 +111,7 @@ impl AppState {
                 shutdown: CancellationToken::new(),
                 positions: PositionBoard::default(),
                 local_files,
+                inputs,
                 background: AtomicBool::new(false),
                 _data_dir_lock: data_dir_lock,
                 overrides,
@@ -224,6 +229,11 @@ impl AppState {
     /// The output directory, when the engine's sink is a [`LocalDirSink`].
     pub fn local_files(&self) -> Option<&LocalDirSink> {
         self.inner.local_files.as_ref()
+    }
+
+    /// Every user's uploaded inputs (`<data_dir>/users/<user>/input/`).
+    pub fn inputs(&self) -> &LocalInputs {
+        &self.inner.inputs
     }
 }
 

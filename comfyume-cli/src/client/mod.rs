@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod events;
+pub mod inputs;
 pub mod types;
 
 use std::path::Path;

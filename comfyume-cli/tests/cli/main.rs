@@ -7,5 +7,6 @@ mod admin;
 mod admin_queue;
 mod client;
 mod dev;
+mod inputs;
 mod loadtest;
 mod support;

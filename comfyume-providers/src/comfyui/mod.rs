@@ -27,6 +27,7 @@
 
 mod catalogue;
 mod config;
+mod inputs;
 mod instance;
 mod job;
 mod recover;
@@ -55,6 +56,8 @@ use crate::catalogue::NodeCatalogue;
 use crate::error::{Error, Result};
 use crate::protocol::{ComfyClient, PromptRequest, validation_failure};
 use catalogue::CatalogueCache;
+use comfyume_core::inputs::InputStore;
+use inputs::Shipment;
 use instance::Instance;
 use job::JobRun;
 
@@ -73,6 +76,8 @@ pub struct ComfyUiProvider {
     uncached: Arc<Mutex<HashSet<JobId>>>,
     /// The node catalogue workflows are checked against at submit.
     catalogue: Arc<CatalogueCache>,
+    /// Where the job owners' inputs are read from, to ship to the instance that runs a job.
+    inputs: Option<Arc<dyn InputStore>>,
 }
 
 impl std::fmt::Debug for ComfyUiProvider {
@@ -147,7 +152,17 @@ impl ComfyUiProvider {
             health_changed,
             uncached: Arc::default(),
             catalogue,
+            inputs: None,
         })
+    }
+
+    /// Ships jobs' inputs from `store`: a loader (`LoadImage`'s `image`, …) naming one of the job
+    /// owner's inputs gets that file, uploaded to the instance that runs the job under
+    /// `comfyume/<owner>/` (see [`comfyume_core::inputs`]). Without it, loaders name files already on
+    /// the instances.
+    pub fn with_inputs(mut self, store: Arc<dyn InputStore>) -> Self {
+        self.inputs = Some(store);
+        self
     }
 
     /// The node catalogue workflows are checked against: the last one fetched from a healthy instance,
@@ -230,6 +245,19 @@ impl InferenceProvider for ComfyUiProvider {
             &self.config.extra_prefix_classes,
             uncached,
         );
+        let shipment = match &self.inputs {
+            Some(store) => {
+                let catalogue = self.catalogue.get();
+                Shipment::prepare(
+                    store.as_ref(),
+                    &job.spec.owner,
+                    &mut workflow,
+                    catalogue.as_deref(),
+                )
+                .await?
+            }
+            None => Shipment::default(),
+        };
         let prompt_id = job.id.to_string();
         let extra_data = job.spec.extra_data.is_object().then_some(&job.spec.extra_data);
         let mut problems = Vec::new();
@@ -237,6 +265,17 @@ impl InferenceProvider for ComfyUiProvider {
             let Some(registration) = instance.register(&prompt_id) else {
                 continue;
             };
+            if !shipment.is_empty()
+                && let Err(e) = shipment.ship(&instance.client).await
+            {
+                if e.is_retryable() {
+                    tracing::warn!(instance = %instance.url, error = %e, "shipping inputs failed; trying another instance");
+                    instance.mark_unhealthy(&e.to_string());
+                    problems.push(e.to_string());
+                    continue;
+                }
+                return Err(ProviderError::Protocol(format!("shipping the job's inputs: {e}")));
+            }
             let request = PromptRequest {
                 prompt: &workflow,
                 client_id: Some(&instance.client_id),

@@ -326,11 +326,24 @@ impl ComfyClient {
 
     /// `POST /upload/image` (multipart): puts a file into the instance's `input` directory, for `LoadImage`.
     pub async fn upload_image(&self, name: &str, data: Bytes, overwrite: bool) -> Result<UploadedFile> {
+        self.upload_input(name, "", data, overwrite).await
+    }
+
+    /// `POST /upload/image` (multipart) into a `subfolder` of the instance's `input` directory: a loader
+    /// then names the file `<subfolder>/<name>`.
+    pub async fn upload_input(
+        &self,
+        name: &str,
+        subfolder: &str,
+        data: Bytes,
+        overwrite: bool,
+    ) -> Result<UploadedFile> {
         let url = self.endpoint("upload/image")?;
         let part = reqwest::multipart::Part::stream(data).file_name(name.to_string());
         let form = reqwest::multipart::Form::new()
             .part("image", part)
             .text("type", "input")
+            .text("subfolder", subfolder.to_string())
             .text("overwrite", if overwrite { "true" } else { "false" });
         let response = self
             .http

@@ -119,7 +119,10 @@ pub async fn submit(
         }
         return Ok((StatusCode::OK, Json(JobView::single(&state, &existing))).into_response());
     }
-    if let WorkflowCheck::Invalid { message, body } = state.engine().check_workflow(&req.prompt, &[]).await {
+    let inputs = state.inputs().names(&principal.user).await?;
+    if let WorkflowCheck::Invalid { message, body } =
+        state.engine().check_workflow(&req.prompt, &inputs).await
+    {
         return Ok(invalid_workflow(message, body));
     }
     let spec = JobSpec {

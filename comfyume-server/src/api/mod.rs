@@ -21,6 +21,8 @@
 //! | `GET /api/v1/jobs/{id}/outputs` | user | the job's outputs with download URLs |
 //! | `GET /api/v1/jobs/{id}/outputs/{n}` | user | output `n`'s bytes |
 //! | `GET /api/v1/jobs/{id}/outputs/file?filename=&subfolder=&type=` | user | an output by name |
+//! | `POST /api/v1/inputs` (multipart), `GET /api/v1/inputs` | user | upload one of the caller's inputs; list them |
+//! | `GET /api/v1/inputs/{name}`, `DELETE /api/v1/inputs/{name}` | user | download, delete one (another user's: 404) |
 //! | `GET /api/v1/queue` | user | overview; admins also get the order and per-user stats |
 //! | `GET /api/v1/events` | user | live events (WebSocket, see [`crate::events`]) |
 //! | `GET /api/v1/openapi.json` | user | the OpenAPI document |
@@ -35,6 +37,7 @@
 //! | `GET /ready`, `GET /metrics` | user, admin | readiness, Prometheus metrics ([`crate::ops`]) |
 
 pub mod admin;
+pub mod inputs;
 pub mod jobs;
 pub mod outputs;
 pub mod queue;
@@ -95,6 +98,12 @@ where
     (endpoint, on(filter, handler))
 }
 
+/// The upload route counts its own bytes against `max_input_bytes` (the server-wide body limit is for
+/// JSON bodies).
+fn upload_route((endpoint, route): Entry) -> Entry {
+    (endpoint, route.layer(axum::extract::DefaultBodyLimit::disable()))
+}
+
 /// The routes built here (everything but `/health` and the auth routes, which [`crate::router`] adds).
 fn table() -> Vec<Entry> {
     use Access::{Admin, Open, User};
@@ -112,6 +121,10 @@ fn table() -> Vec<Entry> {
         ep(M::GET, "/api/v1/jobs/{id}/outputs", User, outputs::list),
         ep(M::GET, "/api/v1/jobs/{id}/outputs/file", User, outputs::by_name),
         ep(M::GET, "/api/v1/jobs/{id}/outputs/{n}", User, outputs::by_index),
+        upload_route(ep(M::POST, "/api/v1/inputs", User, inputs::upload)),
+        ep(M::GET, "/api/v1/inputs", User, inputs::list),
+        ep(M::GET, "/api/v1/inputs/{name}", User, inputs::get),
+        ep(M::DELETE, "/api/v1/inputs/{name}", User, inputs::delete),
         ep(M::GET, "/api/v1/queue", User, queue::overview),
         events,
         ep(M::GET, "/api/v1/openapi.json", User, crate::openapi::serve),

@@ -648,6 +648,14 @@ pub async fn post_prompt(State(state): State<AppState>, ws: Workspace, body: Byt
         return Json(json!({"prompt_id": existing.id, "number": existing.seq, "node_errors": {}}))
             .into_response();
     }
+    // Checked against the providers' node catalogue, answered with ComfyUI's own body (the frontend
+    // marks the nodes in `node_errors`); unchecked while no provider has a catalogue yet.
+    let inputs = state.inputs().names(ws.user()).await.unwrap_or_default();
+    if let comfyume_core::WorkflowCheck::Invalid { body, .. } =
+        state.engine().check_workflow(prompt, &inputs).await
+    {
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    }
     let spec = comfyume_core::JobSpec {
         id,
         owner: ws.user().clone(),

@@ -149,7 +149,8 @@ impl Server {
         let (url_tx, url_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let handle = runtime.spawn(async move {
-            let provider = Arc::new(ComfyUiProvider::start(pool).await.unwrap());
+            let inputs = Arc::new(comfyume_core::inputs::LocalInputs::new(&config.data_dir));
+            let provider = Arc::new(ComfyUiProvider::start(pool).await.unwrap().with_inputs(inputs));
             let providers: Vec<Arc<dyn InferenceProvider>> = vec![provider.clone()];
             let state = comfyume_server::build(config, providers).await?;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
