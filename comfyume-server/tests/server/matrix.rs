@@ -17,6 +17,8 @@ enum Body {
     None,
     Json(Value),
     Form(&'static [(&'static str, &'static str)]),
+    /// A multipart upload of one small file under this name.
+    Upload(&'static str),
 }
 
 struct Row {
@@ -72,6 +74,21 @@ fn rows(job: &str) -> Vec<Row> {
         row(M::GET, "/api/v1/jobs/{id}/outputs", Body::None, OWNED),
         row(M::GET, "/api/v1/jobs/{id}/outputs/file", Body::None, OWNED),
         row(M::GET, "/api/v1/jobs/{id}/outputs/{n}", Body::None, OWNED),
+        // Inputs are the caller's own: `test` exists for alice only (uploaded before the matrix runs).
+        row(
+            M::POST,
+            "/api/v1/inputs",
+            Body::Upload("upload.png"),
+            [401, 201, 201, 201],
+        ),
+        row(M::GET, "/api/v1/inputs", Body::None, USER),
+        row(M::GET, "/api/v1/inputs/{name}", Body::None, [401, 200, 404, 404]),
+        row(
+            M::DELETE,
+            "/api/v1/inputs/{name}",
+            Body::None,
+            [401, 204, 404, 404],
+        ),
         row(M::GET, "/api/v1/queue", Body::None, USER),
         row(M::GET, "/api/v1/events", Body::None, [401, 101, 101, 101]),
         row(M::GET, "/api/v1/openapi.json", Body::None, USER),
@@ -141,6 +158,12 @@ fn rows(job: &str) -> Vec<Row> {
     ]
 }
 
+/// A multipart form holding one small file named `name`.
+fn upload_form(name: &str) -> reqwest::multipart::Form {
+    let part = reqwest::multipart::Part::bytes(b"not really a picture".to_vec()).file_name(name.to_string());
+    reqwest::multipart::Form::new().part("file", part)
+}
+
 async fn ws_status(s: &Server, path: &str, who: Option<&str>) -> u16 {
     let url = format!("{}{path}", s.url.replace("http://", "ws://"));
     let mut request = url.into_client_request().unwrap();
@@ -165,6 +188,13 @@ async fn every_route_answers_each_kind_of_caller_as_documented() {
     let job = job_id(&s.submit("alice", workflow(Behaviour::Ok)).await);
     wait_end(&mut events, job).await;
     let rows = rows(&job.to_string());
+    let resp = s
+        .request(Method::POST, "/api/v1/inputs", Some("alice"))
+        .multipart(upload_form("test"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
 
     let served: BTreeSet<(String, &str)> = endpoints()
         .iter()
@@ -207,6 +237,7 @@ async fn every_route_answers_each_kind_of_caller_as_documented() {
                     Body::None => req,
                     Body::Json(v) => req.json(v),
                     Body::Form(f) => req.form(f),
+                    Body::Upload(name) => req.multipart(upload_form(name)),
                 };
                 let resp = req.send().await.unwrap();
                 let status = resp.status().as_u16();
