@@ -35,6 +35,15 @@ pub enum Error {
     /// Writing or reading outputs failed.
     #[error("output storage: {0}")]
     Sink(String),
+    /// The output storage has no room left (disk full, or a quota reached). Not retryable: nothing
+    /// changes until someone frees space.
+    #[error("the output storage is full: free space on {dir} ({detail})")]
+    StorageFull {
+        /// The directory whose file system (or quota) is full.
+        dir: String,
+        /// The system's own words.
+        detail: String,
+    },
     /// The engine is shutting down and takes no new work.
     #[error("shutting down")]
     ShuttingDown,

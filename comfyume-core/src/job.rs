@@ -203,6 +203,9 @@ pub enum FailureKind {
     LeaseExpired,
     /// Storing outputs or another internal step failed.
     Internal,
+    /// The outputs could not be stored because their storage is full (disk or quota). Not retried: an
+    /// operator must free space first.
+    StorageFull,
 }
 
 impl FailureKind {
@@ -436,5 +439,7 @@ mod tests {
         assert!(!FailureKind::QueueTimeout.is_retryable());
         assert!(FailureKind::ProviderUnavailable.is_retryable());
         assert!(FailureKind::LeaseExpired.is_retryable());
+        assert!(!FailureKind::StorageFull.is_retryable());
+        assert!(!FailureKind::StorageFull.is_user_fault());
     }
 }

@@ -234,7 +234,8 @@ impl OutputSink for LocalDirSink {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.root.clone());
         let data = artifact.data;
-        tokio::task::spawn_blocking(move || write_atomically(&dir, &path, &data))
+        let root = self.root.join("users");
+        tokio::task::spawn_blocking(move || write_atomically(&root, &dir, &path, &data))
             .await
             .map_err(|e| Error::Sink(format!("write task failed: {e}")))??;
         Ok(output)
@@ -265,9 +266,21 @@ impl OutputSink for LocalDirSink {
     }
 }
 
-fn write_atomically(dir: &Path, path: &Path, data: &[u8]) -> Result<()> {
+/// Writes `data` to `path` through a temporary file in `dir`. A full disk (or quota) is
+/// [`Error::StorageFull`], naming `root` (where every user's outputs live); other failures are
+/// [`Error::Sink`].
+fn write_atomically(root: &Path, dir: &Path, path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
-    let io = |what: &str, e: std::io::Error| Error::Sink(format!("{what} {}: {e}", path.display()));
+    let io = |what: &str, e: std::io::Error| {
+        if is_storage_full(&e) {
+            Error::StorageFull {
+                dir: root.display().to_string(),
+                detail: e.to_string(),
+            }
+        } else {
+            Error::Sink(format!("{what} {}: {e}", path.display()))
+        }
+    };
     std::fs::create_dir_all(dir).map_err(|e| io("creating directory for", e))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| io("creating temporary file for", e))?;
     tmp.write_all(data).map_err(|e| io("writing", e))?;
@@ -275,6 +288,14 @@ fn write_atomically(dir: &Path, path: &Path, data: &[u8]) -> Result<()> {
     tmp.persist(path)
         .map_err(|e| io("renaming into place", e.error))?;
     Ok(())
+}
+
+/// True for "no space left on device" and "disk quota exceeded".
+fn is_storage_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// Checks a `/`-separated relative directory path (a ComfyUI `subfolder`, a userdata path) and returns it

@@ -159,6 +159,11 @@ impl JobRun {
                             });
                             outputs.push(output);
                         }
+                        // A full disk stays full: the job ends now, saying where to free space.
+                        Err(e @ Error::StorageFull { .. }) => {
+                            let failure = Failure::new(FailureKind::StorageFull, e.to_string());
+                            return self.stop(Outcome::Failed(failure)).await;
+                        }
                         Err(e) => {
                             let failure =
                                 Failure::new(FailureKind::Internal, format!("storing an output: {e}"));

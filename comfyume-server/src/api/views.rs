@@ -83,8 +83,8 @@ pub struct Timings {
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 pub struct FailureView {
     /// `validation` and `node_error` are the workflow's fault (never retried); `provider_unavailable`,
-    /// `provider_error`, `queue_timeout`, `start_timeout`, `execution_timeout`, `lease_expired` and
-    /// `internal` are the infrastructure's.
+    /// `provider_error`, `queue_timeout`, `start_timeout`, `execution_timeout`, `lease_expired`,
+    /// `storage_full` (the output disk is full; not retried) and `internal` are the infrastructure's.
     pub kind: String,
     /// What went wrong, for a person.
     pub message: String,
