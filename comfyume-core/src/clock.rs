@@ -10,6 +10,9 @@ use crate::job::Timestamp;
 ///
 /// Leases, backoff and timeouts are stored as [`Timestamp`]s but measured with tokio's [`Instant`], so
 /// under `tokio::time::pause()` a test moves every deadline forward by advancing time, without sleeping.
+/// The wall clock is read once, when the clock is made; from then on only the monotonic clock counts, so
+/// the system clock jumping (an NTP step, a suspended VM, an operator setting the date) while the engine
+/// runs moves no lease or timeout.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
     base_wall: Timestamp,
@@ -21,6 +24,14 @@ impl Clock {
     pub fn new() -> Self {
         Self {
             base_wall: Timestamp::now(),
+            base_instant: Instant::now(),
+        }
+    }
+
+    /// A clock that starts at `wall` (another machine's clock, say) and then follows tokio's clock.
+    pub fn starting_at(wall: Timestamp) -> Self {
+        Self {
+            base_wall: wall,
             base_instant: Instant::now(),
         }
     }
@@ -62,5 +73,14 @@ mod tests {
             clock.until(t0.plus(Duration::from_secs(40))),
             Duration::from_secs(10)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clock_started_elsewhere_follows_tokio_time_from_there() {
+        let clock = Clock::starting_at(Timestamp(1_000_000));
+        assert_eq!(clock.now(), Timestamp(1_000_000));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(clock.now(), Timestamp(1_005_000));
+        assert_eq!(clock.until(Timestamp(1_000_000)), Duration::ZERO);
     }
 }

@@ -45,6 +45,11 @@ pub struct DispatcherConfig {
     /// `None` (the default) for a store only this server uses.
     #[serde(with = "opt_millis")]
     pub follow_shared_queue: Option<Duration>,
+    /// The wall time the engine's clock starts from; `None` (the default) reads this host's clock. The
+    /// engine reads it once and then counts with the monotonic clock, so a jump of the host's clock
+    /// while it runs moves no deadline. Servers sharing a Redis start from Redis's clock, so that their
+    /// leases are measured on one clock even when their hosts disagree.
+    pub clock_start: Option<crate::job::Timestamp>,
 }
 
 impl Default for DispatcherConfig {
@@ -63,6 +68,7 @@ impl Default for DispatcherConfig {
             execution_timeout: Duration::from_secs(1800),
             event_capacity: 4096,
             follow_shared_queue: None,
+            clock_start: None,
         }
     }
 }

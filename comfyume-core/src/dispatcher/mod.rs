@@ -18,6 +18,8 @@
 mod admin;
 #[cfg(test)]
 mod check_tests;
+#[cfg(test)]
+mod clock_tests;
 mod config;
 mod recovery;
 mod run;
@@ -152,7 +154,7 @@ impl Dispatcher {
             running: Mutex::new(HashMap::new()),
             lost: recovery::LostAttempts::default(),
             bus: EventBus::new(config.event_capacity),
-            clock: Clock::new(),
+            clock: config.clock_start.map_or_else(Clock::new, Clock::starting_at),
             config,
             wake: Notify::new(),
             stop: CancellationToken::new(),
@@ -189,9 +191,12 @@ impl Dispatcher {
         let now = inner.clock.now();
         let queued = inner.store.queued().await?;
         let recovered = queued.len();
+        // A retry waits out its backoff, but never longer than the longest backoff from now: a wall clock
+        // set back while the server was down must not hold the job for the size of the jump.
+        let latest = now.plus(inner.config.backoff_max);
         for job in queued {
             match job.not_before {
-                Some(t) if t > now => inner.requeue_at(job.id, t),
+                Some(t) if t > now => inner.requeue_at(job.id, t.min(latest)),
                 _ => inner.restore(&job),
             }
         }

@@ -196,6 +196,7 @@ fn config() -> DispatcherConfig {
         execution_timeout: Duration::from_secs(300),
         event_capacity: 1024,
         follow_shared_queue: None,
+        clock_start: None,
     }
 }
 

@@ -93,8 +93,10 @@ impl RedisOptions {
 /// # Time
 ///
 /// Like every [`JobStore`], the store applies the times its caller passes, so one clock rules every
-/// deadline. Servers sharing a Redis should keep their clocks in sync (NTP); [`RedisStore::server_time`]
-/// reads Redis's clock for a caller that wants to check.
+/// deadline. Servers sharing a Redis must agree on that clock: `comfyume serve` starts each engine's
+/// clock from Redis's ([`RedisStore::server_time`], through
+/// [`DispatcherConfig::clock_start`](crate::DispatcherConfig::clock_start)), so hosts whose clocks
+/// disagree still measure each other's leases right.
 #[derive(Clone)]
 pub struct RedisStore {
     client: ::redis::Client,
