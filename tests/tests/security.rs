@@ -1,5 +1,5 @@
 //! Security, end to end on a real server: ways around the login and the admin role, a session id chosen
-//! by an attacker before the victim logs in, names that try to climb out of their folder wherever the
+//! by an attacker before the victim logs in, a session reused after its logout, names that try to climb out of their folder wherever the
 //! server takes one, and one user flooding the server with event streams.
 //!
 //! Covered elsewhere and not repeated here: every route against every kind of caller
@@ -166,8 +166,7 @@ async fn a_session_id_planted_before_login_is_never_adopted() {
         .unwrap()
         .to_string();
     assert_ne!(token, planted);
-    // The planted id is still nobody; the new session is alice's. (Logging out clears the cookie; the
-    // signed session itself lasts until it expires or her password changes.)
+    // The planted id is still nobody; the new session is alice's.
     let me = |cookie: String| {
         let http = http.clone();
         let url = format!("{}/api/v1/me", server.url);
@@ -197,6 +196,104 @@ async fn a_session_id_planted_before_login_is_never_adopted() {
         .and_then(|v| v.to_str().ok())
         .unwrap();
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    server.shut_down().await;
+}
+
+/// Logs `user` in; the session token.
+async fn log_in(url: &str, user: &str, password: &str) -> String {
+    let login = reqwest::Client::new()
+        .post(format!("{url}/api/v1/login"))
+        .json(&json!({"user": user, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), StatusCode::OK);
+    login.json::<serde_json::Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The status of `GET /api/v1/me` with the session `cookie`, and with the same token as a bearer.
+async fn me_by_cookie_and_bearer(url: &str, token: &str) -> (StatusCode, StatusCode) {
+    let http = reqwest::Client::new();
+    let me = format!("{url}/api/v1/me");
+    let by_cookie = http
+        .get(&me)
+        .header("Cookie", format!("comfyume_session={token}"))
+        .send()
+        .await
+        .unwrap();
+    let by_bearer = http.get(&me).bearer_auth(token).send().await.unwrap();
+    (by_cookie.status(), by_bearer.status())
+}
+
+/// The status the event WebSocket's upgrade answers to the session `cookie` (101 when it opens).
+async fn events_by_cookie(url: &str, token: &str) -> u16 {
+    use tokio_tungstenite::tungstenite::{Error, client::IntoClientRequest};
+    let mut request = format!("{}/api/v1/events", url.replace("http://", "ws://"))
+        .into_client_request()
+        .unwrap();
+    let cookie = format!("comfyume_session={token}").parse().unwrap();
+    request.headers_mut().insert("cookie", cookie);
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((mut socket, answer)) => {
+            socket.close(None).await.ok();
+            answer.status().as_u16()
+        }
+        Err(Error::Http(answer)) => answer.status().as_u16(),
+        Err(e) => panic!("the upgrade failed otherwise: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_out_session_is_refused_everywhere_and_others_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, tokens, _worker) = server(dir.path()).await;
+    let url = server.url.clone();
+    // Alice in two browsers.
+    let first = log_in(&url, "alice", "alice-password").await;
+    let second = log_in(&url, "alice", "alice-password").await;
+    assert_ne!(first, second);
+    let ok = (StatusCode::OK, StatusCode::OK);
+    assert_eq!(me_by_cookie_and_bearer(&url, &first).await, ok);
+    assert_eq!(events_by_cookie(&url, &first).await, 101);
+
+    let logout = reqwest::Client::new()
+        .post(format!("{url}/api/v1/logout"))
+        .header("Cookie", format!("comfyume_session={first}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+
+    // Someone who kept the old cookie gets nowhere: not the API, not the events, not as a bearer.
+    let refused = (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED);
+    assert_eq!(me_by_cookie_and_bearer(&url, &first).await, refused);
+    assert_eq!(events_by_cookie(&url, &first).await, 401);
+    let (status, body) = Api::new(&url)
+        .call(Method::GET, "/api/v1/jobs", Some(&first), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body.to_string().contains("logged out"), "{body}");
+    // Her other browser and her API token are untouched.
+    assert_eq!(me_by_cookie_and_bearer(&url, &second).await, ok);
+    assert_eq!(events_by_cookie(&url, &second).await, 101);
+    let (status, _) = Api::new(&url)
+        .call(Method::GET, "/api/v1/jobs", Some(&tokens["alice"]), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Logging out again, or with no session at all, changes nothing.
+    for cookie in [format!("comfyume_session={first}"), String::new()] {
+        let again = reqwest::Client::new()
+            .post(format!("{url}/api/v1/logout"))
+            .header("Cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), StatusCode::NO_CONTENT);
+    }
+    assert_eq!(me_by_cookie_and_bearer(&url, &second).await, ok);
     server.shut_down().await;
 }
 

@@ -9,6 +9,7 @@
 //! `comfyume users add …` takes effect on a running server.
 
 pub mod credentials;
+mod revoked;
 pub(crate) mod routes;
 pub mod session;
 
@@ -27,6 +28,7 @@ use serde::Serialize;
 pub use routes::routes;
 
 use self::credentials::{Credentials, TOKEN_PREFIX, token_hash};
+use self::revoked::RevokedSessions;
 use self::session::{SessionError, SessionKey, fingerprint};
 use crate::config::ServerConfig;
 use crate::error::{ApiError, ServerError};
@@ -128,6 +130,7 @@ struct Inner {
     session_ttl: Duration,
     secure_cookies: bool,
     cache: RwLock<Cache>,
+    revoked: RevokedSessions,
 }
 
 struct Cache {
@@ -174,7 +177,8 @@ impl Auth {
     }
 
     /// Auth over the credentials file at `path` (which must exist) and the session key at `key_file`
-    /// (created with 32 random bytes if missing).
+    /// (created with 32 random bytes if missing). Logged-out sessions are kept beside the key, in
+    /// `revoked-sessions`.
     pub fn open(
         path: &Path,
         key_file: &Path,
@@ -183,6 +187,7 @@ impl Auth {
     ) -> Result<Self, ServerError> {
         let creds = Credentials::load(path)?;
         let key = load_or_create_key(key_file)?;
+        let revoked = RevokedSessions::open(&key_file.with_file_name("revoked-sessions"))?;
         let cache = Cache {
             snapshot: Arc::new(Snapshot::new(creds)),
             modified: modified(path),
@@ -195,6 +200,7 @@ impl Auth {
                 session_ttl,
                 secure_cookies,
                 cache: RwLock::new(cache),
+                revoked,
             }),
         })
     }
@@ -310,6 +316,9 @@ impl Auth {
             .key
             .verify(token, fingerprint(&entry.password), Timestamp::now())
         {
+            Ok(_) if self.inner.revoked.contains(token) => Err(ApiError::unauthorized(
+                "this session was logged out; log in again",
+            )),
             Ok(user) => snapshot.principal(user.as_str()).ok_or_else(invalid),
             Err(SessionError::Expired) => {
                 Err(ApiError::unauthorized("your session has expired; log in again"))
@@ -349,6 +358,39 @@ impl Auth {
             token,
             expires_at,
         })
+    }
+
+    /// Ends the session these headers carry (a bearer session token, or the session cookie): from now on
+    /// the server refuses it, on every route and WebSocket, also after a restart. API tokens are not
+    /// touched (they are revoked with `comfyume users token`); headers with no valid session change
+    /// nothing.
+    pub async fn logout(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.starts_with(TOKEN_PREFIX))
+            .map(str::to_string);
+        let cookie = CookieJar::from_headers(headers)
+            .get(SESSION_COOKIE)
+            .map(|c| c.value().to_string());
+        for token in bearer.into_iter().chain(cookie) {
+            let principal = match self.verify_session(&self.snapshot(), &token) {
+                Ok(principal) => principal,
+                Err(_) => continue,
+            };
+            let Some(expires) = SessionKey::claimed_expiry(&token) else {
+                continue;
+            };
+            let auth = self.clone();
+            tokio::task::spawn_blocking(move || auth.inner.revoked.add(&token, expires))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(ApiError::internal)?;
+            tracing::info!(user = %principal.user, "logged out");
+        }
+        Ok(())
     }
 
     /// The `Set-Cookie` value that stores a session token in the browser.

@@ -1,7 +1,7 @@
 //! Login and logout: a browser form at `/login`, and JSON at `/api/v1/login` for programs.
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
@@ -56,10 +56,12 @@ async fn login_json(
     Ok(([(header::SET_COOKIE, cookie)], Json(login)).into_response())
 }
 
-/// Ends the browser session (clears the cookie). API tokens stay valid until revoked.
+/// Ends the session the request carries (the cookie, or a session token as `Authorization: Bearer`):
+/// the server refuses it from now on, and the cookie is cleared. API tokens stay valid until revoked.
 #[utoipa::path(post, path = "/api/v1/logout", tag = "auth", security(()),
-    responses((status = 204, description = "the session cookie is cleared")))]
-async fn logout(State(state): State<AppState>) -> Result<Response, ApiError> {
+    responses((status = 204, description = "the session is ended and the session cookie is cleared")))]
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    state.auth().logout(&headers).await?;
     let cookie = cookie_header(state.auth().clear_session_cookie())?;
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response())
 }

@@ -3,6 +3,8 @@
 //!
 //! Sessions need no server-side table, so they survive a restart. The signature also covers a fingerprint
 //! of the user's password hash: changing the password (or removing the user) ends every session at once.
+//! Logging out ends one session: the server remembers the token until it would have expired (see
+//! [`super::Auth::logout`]).
 
 use base64::Engine as _;
 use comfyume_core::{Timestamp, UserId};
@@ -67,6 +69,11 @@ impl SessionKey {
         }
     }
 
+    /// When a token says it expires (before its signature is checked).
+    pub fn claimed_expiry(token: &str) -> Option<Timestamp> {
+        token.split(':').nth(2)?.parse().ok().map(Timestamp)
+    }
+
     /// Checks a token at time `now` against the user's current `fingerprint`.
     pub fn verify(&self, token: &str, fingerprint: &str, now: Timestamp) -> Result<UserId, SessionError> {
         let parts: Vec<&str> = token.split(':').collect();
@@ -107,6 +114,7 @@ mod tests {
         let alice = UserId::new("alice").unwrap();
         let token = key.sign(&alice, Timestamp(2_000), "fp-1");
         assert_eq!(SessionKey::claimed_user(&token), Some(alice.clone()));
+        assert_eq!(SessionKey::claimed_expiry(&token), Some(Timestamp(2_000)));
         assert_eq!(key.verify(&token, "fp-1", Timestamp(1_000)), Ok(alice));
         assert_eq!(
             key.verify(&token, "fp-1", Timestamp(2_000)),

@@ -192,6 +192,35 @@ async fn api_tokens_work_until_revoked_and_edits_are_picked_up() {
 }
 
 #[tokio::test]
+async fn a_logout_outlives_a_restart() {
+    let s = server(Duration::from_secs(3600)).await;
+    let session = |body: Value| body["token"].as_str().unwrap().to_string();
+    let gone = session(login(&s, "alice", "alice-password").await.json().await.unwrap());
+    let kept = session(login(&s, "alice", "alice-password").await.json().await.unwrap());
+    let mut headers = HeaderMap::new();
+    headers.insert(header::AUTHORIZATION, format!("Bearer {gone}").parse().unwrap());
+    s.state.auth().logout(&headers).await.unwrap();
+    assert_eq!(me(&s, Some(&gone), None).await.0, StatusCode::UNAUTHORIZED);
+    // The same files opened again, as a restarted server does.
+    let key = s._dir.path().join("session.key");
+    let restarted = Auth::open(&s.creds_path, &key, Duration::from_secs(3600), false).unwrap();
+    let bearer = |token: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        headers
+    };
+    let refused = restarted.authenticate(&bearer(&gone)).unwrap_err();
+    assert!(refused.message.contains("logged out"), "{}", refused.message);
+    assert_eq!(
+        restarted.authenticate(&bearer(&kept)).unwrap().user.as_str(),
+        "alice"
+    );
+    // One line per logged-out session that has not expired yet.
+    let file = std::fs::read_to_string(s._dir.path().join("revoked-sessions")).unwrap();
+    assert_eq!(file.lines().count(), 1, "{file}");
+}
+
+#[tokio::test]
 async fn only_admins_pass_the_admin_extractor() {
     let s = server(Duration::from_secs(3600)).await;
     let get = |token: String| {
