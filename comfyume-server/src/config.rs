@@ -20,8 +20,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ServerError;
 
+mod http;
 mod providers;
 
+pub use http::HttpSection;
 pub use providers::{ApiKeySource, ProviderSection, VerdaModeName};
 
 /// How often a server on a shared (Redis) store reads the queue for jobs other servers accepted.
@@ -53,6 +55,8 @@ pub struct ServerConfig {
     pub auth: AuthSection,
     /// Live event streams.
     pub events: EventsSection,
+    /// Read timeouts for requests (slow clients).
+    pub http: HttpSection,
     /// Where jobs run, in order of preference. Empty means one ComfyUI at `http://127.0.0.1:8188`.
     pub providers: Vec<ProviderSection>,
     /// Every user's ComfyUI workspace at `/u/<user>/` (the frontend's files, templates).
@@ -73,6 +77,7 @@ impl Default for ServerConfig {
             jobs: JobsSection::default(),
             auth: AuthSection::default(),
             events: EventsSection::default(),
+            http: HttpSection::default(),
             providers: Vec::new(),
             workspace: crate::workspace::WorkspaceSection::default(),
         }
@@ -319,6 +324,9 @@ impl ServerConfig {
                 "max_json_depth",
                 format!("{} is outside 2..=1024", self.max_json_depth),
             ));
+        }
+        if let Some((key, why)) = self.http.invalid_key() {
+            return Err(bad(key, why));
         }
         if self.store.backend == StoreBackend::Redis {
             match self.store.url.as_deref() {

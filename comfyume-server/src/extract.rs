@@ -2,7 +2,8 @@
 //!
 //! [`JsonBody`] replaces axum's `Json` for request bodies: a body over the size limit is a JSON 413, a
 //! body that is not JSON (or nested deeper than `max_json_depth`, or of the wrong shape) is a JSON 400
-//! that quotes the parser's message with its line and column. Nothing is changed by a refused request.
+//! that quotes the parser's message with its line and column, and a body that arrives too slowly is a
+//! JSON 408. Nothing is changed by a refused request.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -40,6 +41,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 too_large(limit)
+            } else if timed_out(&e) {
+                too_slow()
             } else {
                 ApiError::bad_request(format!("could not read the request body: {e}"))
             }
@@ -60,6 +63,28 @@ fn too_large(limit: usize) -> ApiError {
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
         format!("the request body is larger than the limit of {limit} bytes"),
+    )
+}
+
+/// True when reading a request body failed because the client sent it too slowly (the `[http]` body
+/// timeouts of [`crate::router`]).
+pub fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// The answer to a request whose body arrived too slowly.
+pub fn too_slow() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "the request body arrived too slowly (see the server's [http] timeouts); send it again",
     )
 }
 

@@ -25,6 +25,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod extract;
+mod listen;
 pub mod lock;
 pub mod openapi;
 pub mod ops;
@@ -40,6 +41,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use comfyume_core::{Dispatcher, InferenceProvider, JobStore, LocalDirSink, MemoryStore};
 use tokio::net::TcpListener;
+use tower_http::timeout::{RequestBodyDeadlineLayer, RequestBodyTimeoutLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 pub use auth::{Admin, Auth, Principal};
@@ -64,6 +66,7 @@ pub async fn build(
     let lock = DataDirLock::acquire(&config.data_dir)?;
     // Servers on one Redis relay their job events to each other.
     let mut relay = None;
+    let mut clock_start = None;
     let store: Arc<dyn JobStore> = match config.store.backend {
         config::StoreBackend::Sqlite => {
             let synchronous = match config.store.synchronous {
@@ -83,6 +86,19 @@ pub async fn build(
             let store = comfyume_core::RedisStore::connect(url, options)
                 .await
                 .map_err(|e| ServerError::Config(format!("the Redis job store: {e}")))?;
+            // Servers on one Redis measure leases on one clock: Redis's, not their hosts'.
+            let redis_now = store
+                .server_time()
+                .await
+                .map_err(|e| ServerError::Config(format!("the Redis job store: {e}")))?;
+            let skew_ms = redis_now.0.abs_diff(comfyume_core::Timestamp::now().0);
+            if skew_ms > 1_000 {
+                tracing::warn!(
+                    skew_ms,
+                    "this host's clock disagrees with Redis's; comfyume's leases follow Redis's clock"
+                );
+            }
+            clock_start = Some(redis_now);
             relay = Some(store.clone());
             Arc::new(store)
         }
@@ -95,7 +111,10 @@ pub async fn build(
         Arc::new(sink.clone()),
         providers,
         config.scheduler_config(),
-        config.dispatcher_config(holder.clone()),
+        comfyume_core::DispatcherConfig {
+            clock_start,
+            ..config.dispatcher_config(holder.clone())
+        },
     );
     if let Some(redis) = relay {
         redis.relay_events(engine.events().clone(), holder);
@@ -134,9 +153,11 @@ pub fn identity(config: &ServerConfig) -> String {
     format!("comfyume@{}:{}", hostname(), dir.display())
 }
 
-/// Every route of the server, over `state`.
+/// Every route of the server, over `state`. Request bodies are limited in size (`max_body_bytes`) and in
+/// time (`[http]`: a body that stalls, or that takes too long as a whole, gets a 408).
 pub fn router(state: AppState) -> Router {
     let limit = state.config().max_body_bytes;
+    let http = state.config().http.clone();
     Router::new()
         .route("/health", get(health))
         .merge(auth::routes())
@@ -154,10 +175,13 @@ pub fn router(state: AppState) -> Router {
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
         )
         .layer(DefaultBodyLimit::max(limit))
+        .layer(RequestBodyTimeoutLayer::new(http.body_idle_timeout()))
+        .layer(RequestBodyDeadlineLayer::new(http.body_timeout()))
         .with_state(state)
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves; then stops taking requests, closes live
+/// Serves `state` on `listener` until `shutdown` resolves (HTTP/1.1 and WebSockets; a client must send
+/// each request's headers within `http.header_timeout_secs`); then stops taking requests, closes live
 /// event streams, lets running jobs finish for the configured grace period and hands the rest back to
 /// the store.
 pub async fn serve(
@@ -171,15 +195,8 @@ pub async fn serve(
         tracing::info!("shutting down: no new requests; running jobs get their grace period");
         token.cancel();
     };
-    // Small writes (event frames, short JSON answers) must not wait for Nagle + delayed ACK (~40 ms).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(signal)
-        .await?;
+    let header_timeout = state.config().http.header_timeout();
+    listen::serve_http1(listener, router(state.clone()), header_timeout, signal).await;
     state.engine().shutdown(state.config().shutdown_grace()).await;
     tracing::info!("stopped");
     Ok(())

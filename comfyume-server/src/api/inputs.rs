@@ -93,6 +93,8 @@ pub async fn upload(
     let malformed = |e: axum::extract::multipart::MultipartError| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large()
+        } else if crate::extract::timed_out(&e) {
+            crate::extract::too_slow()
         } else {
             ApiError::bad_request(format!(
                 "the upload is not a readable multipart form: {}",

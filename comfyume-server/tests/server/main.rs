@@ -8,4 +8,5 @@ mod jobs;
 mod matrix;
 mod ops;
 mod queue;
+mod slow_clients;
 mod support;

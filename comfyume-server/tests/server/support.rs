@@ -13,7 +13,7 @@ use comfyume_core::{
     OutputKind, ProviderError, ProviderEvent, ProviderEventStream, UserId,
 };
 use comfyume_server::auth::credentials::Credentials;
-use comfyume_server::config::{EventsSection, ServerConfig, StoreBackend};
+use comfyume_server::config::{EventsSection, HttpSection, ServerConfig, StoreBackend};
 use futures::channel::mpsc::{UnboundedSender, unbounded};
 use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
@@ -235,6 +235,8 @@ pub struct Options {
     pub events: EventsSection,
     /// More providers after `test`, by name, one healthy slot each.
     pub more_providers: Vec<&'static str>,
+    /// Request read timeouts.
+    pub http: HttpSection,
 }
 
 impl Default for Options {
@@ -248,6 +250,7 @@ impl Default for Options {
             grace_secs: 0,
             events: EventsSection::default(),
             more_providers: Vec::new(),
+            http: HttpSection::default(),
         }
     }
 }
@@ -290,6 +293,7 @@ impl Server {
             max_body_bytes: options.max_body_bytes,
             shutdown_grace_secs: options.grace_secs,
             events: options.events,
+            http: options.http,
             ..ServerConfig::default()
         };
         config.store.backend = options.store;
