@@ -9,8 +9,8 @@ use clap::Args;
 use comfyume_core::InferenceProvider;
 use comfyume_providers::serverless::GateConfig;
 use comfyume_providers::{
-    ApiKey, AsyncConfig, ComfyUiConfig, ComfyUiProvider, InstanceConfig, SharedDirConfig, VerdaConfig,
-    VerdaMode, VerdaProvider,
+    ApiKey, AsyncConfig, Callbacks, ComfyUiConfig, ComfyUiProvider, InstanceConfig, SharedDirConfig,
+    VerdaConfig, VerdaMode, VerdaProvider,
 };
 use comfyume_server::config::{ApiKeySource, ProviderSection, ServerConfig, StoreBackend, VerdaModeName};
 use comfyume_server::{Auth, ServerError};
@@ -34,8 +34,13 @@ pub struct ServeArgs {
 
 /// Starts one provider per `[[providers]]` entry (or the default local ComfyUI). An instance that does
 /// not answer yet is not an error: jobs wait until it does. A serverless deployment is not asked
-/// anything at start (that could start a GPU), but its API key must be readable.
-pub async fn providers(config: &ServerConfig) -> anyhow::Result<Vec<Arc<dyn InferenceProvider>>> {
+/// anything at start (that could start a GPU), but its API key must be readable. Serverless workers
+/// that push live progress get callback URLs under `callbacks.public_url`, delivered to its hub (give
+/// the same hub to [`comfyume_server::build_with_callbacks`]).
+pub async fn providers(
+    config: &ServerConfig,
+    callbacks: &Callbacks,
+) -> anyhow::Result<Vec<Arc<dyn InferenceProvider>>> {
     let mut out: Vec<Arc<dyn InferenceProvider>> = Vec::new();
     for section in config.providers_or_default() {
         match section {
@@ -88,12 +93,7 @@ pub async fn providers(config: &ServerConfig) -> anyhow::Result<Vec<Arc<dyn Infe
                 let url = section
                     .verda_url()
                     .ok_or_else(|| Fail::usage(format!("provider '{name}' has no deployment or url")))?;
-                let key = match section.api_key_source() {
-                    Some(ApiKeySource::File(path)) => ApiKey::from_file(&path),
-                    Some(ApiKeySource::Env(var)) => ApiKey::from_env(&var),
-                    _ => return Err(Fail::usage(format!("provider '{name}' has no API key source"))),
-                }
-                .map_err(|e| Fail::usage(format!("provider '{name}': {e}")))?;
+                let key = api_key(&section, name)?;
                 let verda_mode = match (mode, output_dir) {
                     (VerdaModeName::SharedDir, Some(dir)) => VerdaMode::SharedDir(SharedDirConfig {
                         scan_interval: Duration::from_millis(scan_interval_ms),
@@ -102,6 +102,7 @@ pub async fn providers(config: &ServerConfig) -> anyhow::Result<Vec<Arc<dyn Infe
                     }),
                     (VerdaModeName::Async, _) => VerdaMode::Async(AsyncConfig {
                         poll_interval: Duration::from_millis(poll_interval_ms),
+                        callbacks: Some(callbacks.clone()),
                         ..AsyncConfig::default()
                     }),
                     _ => {
@@ -134,6 +135,16 @@ pub async fn providers(config: &ServerConfig) -> anyhow::Result<Vec<Arc<dyn Infe
         }
     }
     Ok(out)
+}
+
+/// A serverless provider's API key, from its environment variable or secrets file.
+fn api_key(section: &ProviderSection, name: &str) -> anyhow::Result<ApiKey> {
+    match section.api_key_source() {
+        Some(ApiKeySource::File(path)) => ApiKey::from_file(&path),
+        Some(ApiKeySource::Env(var)) => ApiKey::from_env(&var),
+        _ => return Err(Fail::usage(format!("provider '{name}' has no API key source"))),
+    }
+    .map_err(|e| Fail::usage(format!("provider '{name}': {e}")))
 }
 
 /// Creates the credentials file on a first start and says so, with the admin's password, once.
@@ -200,9 +211,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     first_start(&config)?;
-    let providers = providers(&config).await?;
-    let summary = summary(&config);
-    let state = comfyume_server::build(config, providers)
+    let callbacks = Callbacks {
+        public_url: config.callback_base(addr),
+        hub: comfyume_core::CallbackHub::new(),
+    };
+    let providers = providers(&config, &callbacks).await?;
+    let mut summary = summary(&config);
+    if config.providers.iter().any(|p| {
+        matches!(
+            p,
+            ProviderSection::Verda {
+                mode: VerdaModeName::Async,
+                ..
+            }
+        )
+    }) {
+        summary.push(format!(
+            "progress:  serverless workers push live progress to {}/api/v1/callbacks/… (set public_url if \
+             they reach this server under another address)",
+            callbacks.public_url
+        ));
+    }
+    let state = comfyume_server::build_with_callbacks(config, providers, callbacks.hub)
         .await
         .map_err(build_error)?;
     println!(

@@ -35,6 +35,11 @@ const SHARED_QUEUE_POLL: Duration = Duration::from_millis(250);
 pub struct ServerConfig {
     /// Address and port to listen on.
     pub listen: SocketAddr,
+    /// This server's URL as the GPU containers of serverless providers reach it (`https://comfyume.example.org`,
+    /// a path prefix allowed): a `comfyume agent` there pushes a job's live progress to
+    /// `<public_url>/api/v1/callbacks/<job id>`. Default: the address the server listens on (see
+    /// [`ServerConfig::callback_base`]).
+    pub public_url: Option<String>,
     /// Where the job store, credentials and users' files live (created if missing).
     pub data_dir: PathBuf,
     /// Largest request body accepted, in bytes (a workflow with its UI graph is typically well under 1 MB).
@@ -67,6 +72,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8190)),
+            public_url: None,
             data_dir: PathBuf::from("comfyume-data"),
             max_body_bytes: 16 * 1024 * 1024,
             max_json_depth: 64,
@@ -313,6 +319,17 @@ impl ServerConfig {
                 format!("{} is too small (at least 1024)", self.max_body_bytes),
             ));
         }
+        if let Some(url) = &self.public_url
+            && !is_public_url(url)
+        {
+            return Err(bad(
+                "public_url",
+                format!(
+                    "'{url}' is not an http(s) URL without query or fragment, such as \
+                     https://comfyume.example.org"
+                ),
+            ));
+        }
         if self.max_input_bytes < 1024 {
             return Err(bad(
                 "max_input_bytes",
@@ -485,6 +502,34 @@ impl ServerConfig {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
+
+    /// The base of the callback URLs sent to serverless workers: `public_url` when set (without a
+    /// trailing `/`), else `http://<bound>` for the address the server is bound to — with this host's
+    /// name in place of an unspecified address (`0.0.0.0`), which no one can connect to.
+    pub fn callback_base(&self, bound: SocketAddr) -> String {
+        if let Some(url) = &self.public_url {
+            return url.trim_end_matches('/').to_string();
+        }
+        if bound.ip().is_unspecified() {
+            format!("http://{}:{}", crate::hostname(), bound.port())
+        } else {
+            format!("http://{bound}")
+        }
+    }
+}
+
+/// An `http(s)://host[:port][/path]` URL without query or fragment.
+fn is_public_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(rest) => {
+            let host = rest.split('/').next().unwrap_or("");
+            !host.is_empty() && !url.contains(['?', '#', ' ']) && !host.contains('@')
+        }
+        None => false,
+    }
 }
 
 /// A figment error in one line per problem: what is wrong, at which key, from which source.
@@ -620,6 +665,33 @@ mod tests {
                 .to_string();
             assert!(err.contains(key), "{change}: {err}");
         }
+    }
+
+    #[test]
+    fn the_public_url_is_checked_and_defaults_to_the_bound_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |text: &str| {
+            let path = write(dir.path(), text);
+            ServerConfig::load_with_env(Some(&path), &Overrides::default(), no_env())
+                .map_err(|e| e.to_string())
+        };
+        for bad in [
+            "comfyume.example.org",
+            "ftp://x",
+            "https://",
+            "https://h/?key=1",
+            "https://u@h",
+        ] {
+            let err = load(&format!("public_url = \"{bad}\"\n")).unwrap_err();
+            assert!(err.contains("public_url"), "{bad}: {err}");
+        }
+        let c = load("public_url = \"https://room.example.org/comfyume/\"\n").unwrap();
+        let bound = SocketAddr::from(([127, 0, 0, 1], 4321));
+        assert_eq!(c.callback_base(bound), "https://room.example.org/comfyume");
+        let c = load("").unwrap();
+        assert_eq!(c.callback_base(bound), "http://127.0.0.1:4321");
+        let everywhere = SocketAddr::from(([0, 0, 0, 0], 8190));
+        assert!(!c.callback_base(everywhere).contains("0.0.0.0"));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - the REST API v1 under `/api/v1/` (submit, get, list, cancel, download outputs, queue overview, admin
 //!   overrides) with its OpenAPI document at `/api/v1/openapi.json`;
 //! - live events at `/api/v1/events` (a WebSocket: users see their own jobs, admins see all);
+//! - the callback route `/api/v1/callbacks/{id}` where a serverless worker pushes a running job's live
+//!   progress with that job's own token ([`api::callbacks`]);
 //! - login at `/login` (browser form, HttpOnly session cookie) and `/api/v1/login` (JSON), bearer API
 //!   tokens for the command line ([`auth`]);
 //! - the admin page at `/admin/` with its live feed and an audit log of every admin action ([`admin`]);
@@ -39,7 +41,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
-use comfyume_core::{Dispatcher, InferenceProvider, JobStore, LocalDirSink, MemoryStore};
+use comfyume_core::{CallbackHub, Dispatcher, InferenceProvider, JobStore, LocalDirSink, MemoryStore};
 use tokio::net::TcpListener;
 use tower_http::timeout::{RequestBodyDeadlineLayer, RequestBodyTimeoutLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -52,10 +54,21 @@ pub use state::AppState;
 
 /// Opens the store, the output sink and the credentials the configuration names, builds the engine over
 /// `providers`, and starts it (recovering what a previous run left). The credentials file must exist
-/// (see [`Auth::init_first_admin`]).
+/// (see [`Auth::init_first_admin`]). For providers whose workers push live messages back, see
+/// [`build_with_callbacks`].
 pub async fn build(
     config: ServerConfig,
     providers: Vec<Arc<dyn InferenceProvider>>,
+) -> Result<AppState, ServerError> {
+    build_with_callbacks(config, providers, CallbackHub::new()).await
+}
+
+/// [`build`], with the hub that the `providers` registered their jobs' callbacks with: the server's
+/// callback route (`POST /api/v1/callbacks/{id}`, [`api::callbacks`]) delivers to it.
+pub async fn build_with_callbacks(
+    config: ServerConfig,
+    providers: Vec<Arc<dyn InferenceProvider>>,
+    callbacks: CallbackHub,
 ) -> Result<AppState, ServerError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         ServerError::Config(format!(
@@ -135,7 +148,7 @@ pub async fn build(
         overrides,
         audit,
     };
-    let state = AppState::built(engine, auth, config, sink, parts);
+    let state = AppState::built(engine, auth, config, sink, parts, callbacks);
     state.spawn_background_tasks();
     Ok(state)
 }
@@ -209,7 +222,7 @@ async fn health() -> &'static str {
     "ok"
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|h| h.trim().to_string())

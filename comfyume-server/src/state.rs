@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use comfyume_core::inputs::LocalInputs;
-use comfyume_core::{Dispatcher, LocalDirSink};
+use comfyume_core::{CallbackHub, Dispatcher, LocalDirSink};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::audit::{AuditEntry, AuditLog};
@@ -49,6 +49,8 @@ struct Inner {
     live: LiveBoard,
     /// What the users' ComfyUI workspaces share (the node catalogue they are served).
     workspace: crate::workspace::Shared,
+    /// Live messages from serverless workers, shared with the providers that follow their jobs.
+    callbacks: CallbackHub,
 }
 
 impl std::fmt::Debug for AppState {
@@ -63,7 +65,7 @@ impl AppState {
     /// State around a built (and started) engine. Outputs are read through the engine's sink; see
     /// [`AppState::with_local_files`] to stream them from a local directory instead.
     pub fn new(engine: Dispatcher, auth: Auth, config: ServerConfig) -> Self {
-        Self::assemble(engine, auth, config, None, None)
+        Self::assemble(engine, auth, config, None, None, CallbackHub::new())
     }
 
     /// State around an engine whose output sink is `files` (as [`crate::build`] makes it): downloads are
@@ -74,19 +76,20 @@ impl AppState {
         config: ServerConfig,
         files: LocalDirSink,
     ) -> Self {
-        Self::assemble(engine, auth, config, Some(files), None)
+        Self::assemble(engine, auth, config, Some(files), None, CallbackHub::new())
     }
 
     /// What [`crate::build`] makes: local files, the data directory's lock held for the server's life,
-    /// and admin overrides and the audit log kept in the data directory.
+    /// admin overrides and the audit log kept in the data directory, and the providers' callback hub.
     pub(crate) fn built(
         engine: Dispatcher,
         auth: Auth,
         config: ServerConfig,
         files: LocalDirSink,
         data_dir: DataDirParts,
+        callbacks: CallbackHub,
     ) -> Self {
-        Self::assemble(engine, auth, config, Some(files), Some(data_dir))
+        Self::assemble(engine, auth, config, Some(files), Some(data_dir), callbacks)
     }
 
     fn assemble(
@@ -95,6 +98,7 @@ impl AppState {
         config: ServerConfig,
         local_files: Option<LocalDirSink>,
         data_dir: Option<DataDirParts>,
+        callbacks: CallbackHub,
     ) -> Self {
         let (data_dir_lock, overrides, audit) = match data_dir {
             Some(d) => (Some(d.lock), Some(d.overrides), d.audit),
@@ -119,6 +123,7 @@ impl AppState {
                 day: DayBook::default(),
                 live: LiveBoard::default(),
                 workspace: crate::workspace::Shared::default(),
+                callbacks,
             }),
         }
     }
@@ -229,6 +234,12 @@ impl AppState {
     /// The output directory, when the engine's sink is a [`LocalDirSink`].
     pub fn local_files(&self) -> Option<&LocalDirSink> {
         self.inner.local_files.as_ref()
+    }
+
+    /// Where the callback route (`POST /api/v1/callbacks/{id}`) delivers serverless workers' live
+    /// messages.
+    pub fn callbacks(&self) -> &CallbackHub {
+        &self.inner.callbacks
     }
 
     /// Every user's uploaded inputs (`<data_dir>/users/<user>/input/`).

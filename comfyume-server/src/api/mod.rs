@@ -25,6 +25,7 @@
 //! | `GET /api/v1/inputs/{name}`, `DELETE /api/v1/inputs/{name}` | user | download, delete one (another user's: 404) |
 //! | `GET /api/v1/queue` | user | overview; admins also get the order and per-user stats |
 //! | `GET /api/v1/events` | user | live events (WebSocket, see [`crate::events`]) |
+//! | `POST /api/v1/callbacks/{id}` | worker | live messages of a running job from its serverless worker, with the job's own token ([`callbacks`]) |
 //! | `GET /api/v1/openapi.json` | user | the OpenAPI document |
 //! | `POST /api/v1/admin/queue/pause`, `…/resume`; `PUT …/queue/policy` | admin | hold or release everything; switch policy |
 //! | `POST /api/v1/admin/jobs/{id}/front`, `…/priority` | admin | reorder, reprioritise |
@@ -37,6 +38,7 @@
 //! | `GET /ready`, `GET /metrics` | user, admin | readiness, Prometheus metrics ([`crate::ops`]) |
 
 pub mod admin;
+pub mod callbacks;
 pub mod inputs;
 pub mod jobs;
 pub mod outputs;
@@ -66,6 +68,9 @@ pub enum Access {
     User,
     /// Admins only.
     Admin,
+    /// A serverless worker with the running job's own callback token (user credentials mean nothing
+    /// there).
+    Worker,
 }
 
 /// One route the server serves: method, path template (axum syntax, `{param}`) and who may call it.
@@ -106,7 +111,7 @@ fn upload_route((endpoint, route): Entry) -> Entry {
 
 /// The routes built here (everything but `/health` and the auth routes, which [`crate::router`] adds).
 fn table() -> Vec<Entry> {
-    use Access::{Admin, Open, User};
+    use Access::{Admin, Open, User, Worker};
     use Method as M;
     let mut events = ep(M::GET, "/api/v1/events", User, crate::events::events);
     events.0.websocket = true;
@@ -128,6 +133,7 @@ fn table() -> Vec<Entry> {
         ep(M::GET, "/api/v1/queue", User, queue::overview),
         events,
         ep(M::GET, "/api/v1/openapi.json", User, crate::openapi::serve),
+        ep(M::POST, "/api/v1/callbacks/{id}", Worker, callbacks::deliver),
         ep(M::POST, "/api/v1/admin/queue/pause", Admin, admin::pause_queue),
         ep(M::POST, "/api/v1/admin/queue/resume", Admin, admin::resume_queue),
         ep(M::PUT, "/api/v1/admin/queue/policy", Admin, admin::set_policy),

@@ -106,8 +106,8 @@ pub enum VerdaModeName {
     /// Outputs are picked up from the shared output directory.
     #[default]
     SharedDir,
-    /// The platform's async inference in front of a `comfyume agent` (live progress is not wired to the
-    /// server yet: jobs show their status only).
+    /// The platform's async inference in front of a `comfyume agent`, which pushes live progress to the
+    /// server's callback route (see `public_url`).
     Async,
 }
 

@@ -92,6 +92,13 @@ fn rows(job: &str) -> Vec<Row> {
         row(M::GET, "/api/v1/queue", Body::None, USER),
         row(M::GET, "/api/v1/events", Body::None, [401, 101, 101, 101]),
         row(M::GET, "/api/v1/openapi.json", Body::None, USER),
+        // A worker's route: user credentials are no callback token, and the ended job takes no messages.
+        row(
+            M::POST,
+            "/api/v1/callbacks/{id}",
+            Body::Json(json!({"messages": []})),
+            [401, 404, 404, 404],
+        ),
         row(M::POST, "/api/v1/admin/queue/pause", Body::None, ADMIN),
         row(M::POST, "/api/v1/admin/queue/resume", Body::None, ADMIN),
         row(
@@ -211,6 +218,7 @@ async fn every_route_answers_each_kind_of_caller_as_documented() {
             .find(|r| r.method == e.method && r.template == e.path)
             .unwrap();
         let expected_access = match row.expect {
+            _ if row.template.starts_with("/api/v1/callbacks/") => Access::Worker,
             [401 | 303, 403, _, _] => Access::Admin,
             [401, ..] => Access::User,
             _ => Access::Open,
