@@ -393,6 +393,17 @@ impl ServerConfig {
                 ),
             ));
         }
+        if let Some(name) = &self.workspace.default_workflow
+            && crate::workspace::templates::template_id(name).is_none()
+        {
+            return Err(bad(
+                "workspace.default_workflow",
+                format!(
+                    "'{name}' is not a template file name: it must end in .json, with only letters, digits, \
+                     '_', '.' and '-' before it"
+                ),
+            ));
+        }
         if self.auth.session_hours == 0 {
             return Err(bad("auth.session_hours", "must be at least 1".to_string()));
         }

@@ -1,11 +1,15 @@
 // Every user's ComfyUI workspace in a real browser: the official frontend served by comfyume at
 // /u/<user>/, a fixture workflow loaded and queued (it runs as a comfyume job on a SIMULATED worker),
 // the output image shown; a workflow saved and reopened; two users in two browser contexts never see each
-// other's prompts. The Rust side (tests/tests/browser_workspace.rs) starts the server and checks the
+// other's prompts; the operator's default workflow opens on a first visit (and not over the user's
+// changes on the next) and the operator's templates are in every user's template browser. The Rust side (tests/tests/browser_workspace.rs) starts the server and checks the
 // jobs afterwards.
 import { URL, run, newPage, login, screenshot, check } from './lib.mjs';
 
 const workflow = JSON.parse(process.env.WORKFLOW);
+const templates = process.env.TEMPLATES.split(',');
+// The default workflow (examples/templates/starter.json).
+const STARTER = ['EmptyImage', 'SaveImage'];
 const WAIT = { timeout: 90_000 };
 
 // Console errors a real ComfyUI gives too (protocol reference §10): the optional user.css files, the
@@ -36,6 +40,29 @@ async function openWorkspace(browser, user) {
   return page;
 }
 
+const nodeTypes = () => window.app.graph.nodes.map((n) => n.type).sort();
+
+/** Waits until the graph in `page` has nodes of exactly the types `want`. */
+async function waitForNodes(page, want, what) {
+  try {
+    await page.waitForFunction((want) => JSON.stringify(window.app.graph.nodes.map((n) => n.type).sort()) === JSON.stringify(want), want, { timeout: 30_000 });
+  } catch {
+    throw new Error(`${what}: the graph has ${JSON.stringify(await page.evaluate(nodeTypes))}, not ${JSON.stringify(want)}`);
+  }
+}
+
+/** Opens the frontend's template browser and returns its text (then closes it; a screenshot first). */
+async function templateBrowserText(page, shot) {
+  await page.evaluate(() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates'));
+  const dialog = page.locator('[role=dialog]').filter({ hasText: 'comfyume' });
+  await dialog.first().waitFor(WAIT);
+  await page.waitForFunction((names) => names.every((n) => document.body.innerText.includes(n)), templates, WAIT).catch(() => {});
+  const text = await dialog.first().innerText();
+  await screenshot(page, shot);
+  await page.keyboard.press('Escape');
+  return text;
+}
+
 /** Loads the API-format fixture into the graph and presses Queue the way the frontend does. */
 async function queueFixture(page) {
   await page.evaluate(async (wf) => {
@@ -60,6 +87,27 @@ await run('workspace', async (browser) => {
   const bob = await openWorkspace(browser, 'bob');
   console.log(`load_ms: ${alice.loadMs},${bob.loadMs}`);
   await screenshot(alice, 'workspace-loaded');
+
+  // A first visit opens the operator's default workflow, for each of them.
+  await waitForNodes(alice, STARTER, "alice's first visit");
+  await waitForNodes(bob, STARTER, "bob's first visit");
+  // The operator's templates are in both template browsers.
+  for (const [user, page] of [['alice', alice], ['bob', bob]]) {
+    const text = await templateBrowserText(page, `workspace-templates-${user}`);
+    for (const name of templates) check(text.includes(name), `${user}'s template browser lacks ${name}: ${text}`);
+  }
+  // Alice changes it (removes a node, as the frontend records an edit); her next visit opens her
+  // version, not the default again.
+  await alice.evaluate(() => {
+    const save = window.app.graph.nodes.find((n) => n.type === 'SaveImage');
+    window.app.graph.remove(save);
+    window.app.extensionManager.workflow.activeWorkflow.changeTracker.checkState();
+  });
+  await alice.waitForTimeout(1500);
+  await alice.goto(`${URL}/u/alice/`);
+  await alice.waitForFunction(() => window.app?.graph && document.querySelector('canvas') && !document.getElementById('splash-loader'), null, WAIT);
+  await waitForNodes(alice, ['EmptyImage'], "alice's second visit");
+  check(new globalThis.URL(alice.url()).search === '', `alice's second visit went to ${alice.url()}`);
 
   // Alice queues the fixture; the output image comes back through her own /view.
   await alice.keyboard.press('Escape');

@@ -2,7 +2,9 @@
 //! by comfyume at `/u/<user>/`, loads without console errors a real ComfyUI would not also give; a
 //! fixture workflow is queued from the page, runs as a comfyume job on a **simulated** ComfyUI worker,
 //! and its output image appears; a workflow is saved and reopened; two users in two browser contexts
-//! never see each other's prompts. Screenshots are kept under `<target>/tmp/browser/workspace/`.
+//! never see each other's prompts. The operator's default workflow (`workspace.default_workflow`) opens
+//! on each user's first visit and not over what they changed on the next; the operator's templates are
+//! in every user's template browser. Screenshots are kept under `<target>/tmp/browser/workspace/`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,6 +24,16 @@ async fn participants_queue_in_their_own_comfyui_workspace_in_a_real_browser() {
     let worker = sim(Duration::from_millis(200)).await;
     let mut config = config(dir.path(), StoreBackend::Sqlite);
     config.workspace.frontend_dir = Some(frontend);
+    // The operator's templates: the default workflow, and one more, in the default templates directory.
+    let templates = dir.path().join("templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    let starter = format!("{}/examples/templates/starter.json", support::REPO);
+    let thumbnail = format!("{}/examples/templates/starter.jpg", support::REPO);
+    for name in ["starter", "class-2"] {
+        std::fs::copy(&starter, templates.join(format!("{name}.json"))).unwrap();
+        std::fs::copy(&thumbnail, templates.join(format!("{name}.jpg"))).unwrap();
+    }
+    config.workspace.default_workflow = Some("starter.json".into());
     let tokens = credentials(&config);
     let server = Server::start(config, &[worker.base_url()]).await;
     let out = browser::run_script(
@@ -32,6 +44,7 @@ async fn participants_queue_in_their_own_comfyui_workspace_in_a_real_browser() {
             ("ALICE_PASSWORD", "alice-password".to_string()),
             ("BOB_PASSWORD", "bob-password".to_string()),
             ("WORKFLOW", fixture("01_empty_save").to_string()),
+            ("TEMPLATES", "class-2,starter".to_string()),
         ],
         Duration::from_secs(300),
     )

@@ -196,6 +196,13 @@ async fn the_startup_routes_answer_in_comfyui_shapes_and_unknown_routes_like_com
             "{route}"
         );
     }
+    // ComfyUI's internal route, asked for by the frontend's missing-model check: no model folders here.
+    // It has no `/api` spelling, as in ComfyUI.
+    assert_eq!(ws.get("alice", "/u/alice/internal/folder_paths").await, json!({}));
+    let (status, _, _) = ws
+        .call(Method::GET, "alice", "/u/alice/api/internal/folder_paths", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(
         ws.get("alice", "/u/alice/api/models")
             .await

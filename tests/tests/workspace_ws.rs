@@ -117,26 +117,41 @@ async fn operator_templates_show_for_everyone_read_only_and_the_default_opens_on
             .await;
         assert_eq!(t["extra"]["who"], "teacher");
     }
-    // First visit: the page carries the default workflow; once the user has settings, it does not.
+    // First visit: sent to the frontend's own link for opening a template (it fetches the template
+    // above); every later visit gets the page as it is. Bob already has settings: no default for him.
     let page = |user: &'static str| {
         let ws = ws.clone();
         async move {
-            let (status, _, body) = ws.call(Method::GET, user, &format!("/u/{user}/"), None).await;
-            assert_eq!(status, StatusCode::OK);
-            body.as_str().unwrap().to_string()
+            let resp = ws
+                .request(Method::GET, Some(user), &format!("/u/{user}/"))
+                .send()
+                .await
+                .unwrap();
+            let location = resp
+                .headers()
+                .get("location")
+                .map(|v| v.to_str().unwrap().to_string());
+            (resp.status(), location)
         }
     };
-    assert!(page("alice").await.contains("localStorage.setItem('workflow'"));
     let (status, _, _) = ws
         .call(
             Method::POST,
-            "alice",
-            "/u/alice/api/settings/Comfy.Locale",
+            "bob",
+            "/u/bob/api/settings/Comfy.Locale",
             Some("\"en\""),
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(!page("alice").await.contains("localStorage.setItem('workflow'"));
+    assert_eq!(
+        page("alice").await,
+        (
+            StatusCode::SEE_OTHER,
+            Some("/u/alice/?template=starter&source=comfyume".to_string())
+        )
+    );
+    assert_eq!(page("alice").await, (StatusCode::OK, None));
+    assert_eq!(page("bob").await, (StatusCode::OK, None));
 
     // Alice saves over the template: her own copy; Bob and the operator's file keep the original.
     let (status, _, _) = ws

@@ -222,6 +222,12 @@ pub async fn model_folders(_ws: Workspace) -> Json<Value> {
     ]))
 }
 
+/// `GET /internal/folder_paths`: where this server keeps each kind of model file. `{}`: it keeps none (the
+/// models live with the providers), which the frontend takes as ComfyUI's answer with no folders.
+pub async fn folder_paths(_ws: Workspace) -> Json<Value> {
+    Json(json!({}))
+}
+
 /// `GET /global_subgraphs/{id}`, `GET /models/{folder}`, `GET /experiment/models/{folder}`: nothing
 /// by that name (an empty 404, as ComfyUI answers an unknown one).
 pub async fn none_by_that_name(_ws: Workspace) -> StatusCode {

@@ -29,6 +29,7 @@
 //! | `userdata` (list, get, post, delete, move) | [`userdata`] |
 //! | `workflow_templates` | [`templates`] |
 //! | `ws` | [`ws`] |
+//! | `internal/folder_paths` (only so, as ComfyUI has it) | [`info`] |
 //!
 //! Anything else answers like ComfyUI answers an unknown route: it falls through to the frontend's
 //! files, and a file that is not there is an empty 404.
@@ -72,7 +73,8 @@ pub struct WorkspaceSection {
     pub frontend_dir: Option<PathBuf>,
     /// The operator's workflow templates, seen by every user (default `<data_dir>/templates`).
     pub templates_dir: Option<PathBuf>,
-    /// A template (a file name in `templates_dir`) that opens on a user's first visit.
+    /// A template (a file name in `templates_dir`, like `starter.json`) that opens on a user's first
+    /// visit to their workspace.
     pub default_workflow: Option<String>,
 }
 
@@ -130,6 +132,11 @@ impl UserDirs {
     /// Uploaded inputs.
     pub fn input(&self) -> PathBuf {
         self.root.join("input")
+    }
+
+    /// Left by the user's first workspace visit (after which the default workflow no longer opens).
+    pub fn first_visit_marker(&self) -> PathBuf {
+        self.root.join("workspace-opened")
     }
 }
 
@@ -208,9 +215,18 @@ fn api_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     ]
 }
 
+/// ComfyUI's internal routes (for its frontend only), at `/u/{user}/internal/<route>` alone: ComfyUI
+/// registers them without the `/api` spelling.
+fn internal_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![("folder_paths", get(info::folder_paths))]
+}
+
 /// Every ComfyUI route of a workspace, as `(method, path template)`, for tests that walk them all.
 pub fn api_endpoints() -> Vec<(&'static str, String)> {
     let mut all = Vec::new();
+    for (path, _) in internal_routes() {
+        all.push(("/u/{user}/internal/", path));
+    }
     for (path, _) in api_routes() {
         for prefix in ["/u/{user}/", "/u/{user}/api/"] {
             all.push((prefix, path));
@@ -259,6 +275,9 @@ pub fn routes() -> Router<AppState> {
         router = router
             .route(&format!("/u/{{user}}/{path}"), handler.clone())
             .route(&format!("/u/{{user}}/api/{path}"), handler);
+    }
+    for (path, handler) in internal_routes() {
+        router = router.route(&format!("/u/{{user}}/internal/{path}"), handler);
     }
     router.layer(tower_http::compression::CompressionLayer::new())
 }
@@ -336,10 +355,11 @@ async fn index(State(state): State<AppState>, request: Request) -> Response {
     };
     let dir = frontend_dir(&state);
     match tokio::fs::read(dir.join("index.html")).await {
-        Ok(mut html) => {
-            if let Some(script) = templates::first_visit_script(&state, &ws).await {
-                let text = String::from_utf8_lossy(&html).replacen("<head>", &format!("<head>{script}"), 1);
-                html = text.into_bytes();
+        Ok(html) => {
+            if parts.uri.query().is_none()
+                && let Some(to) = templates::first_visit_redirect(&state, &ws).await
+            {
+                return Redirect::to(&to).into_response();
             }
             let mut response = Body::from(html).into_response();
             let headers = response.headers_mut();

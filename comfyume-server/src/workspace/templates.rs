@@ -5,10 +5,11 @@
 //!   /userdata/workflows%2Ftemplates%2F<name>.json` opens them; a user who saves one over gets their own
 //!   copy, which then shadows the shared one for them only);
 //! - in the template browser, as ComfyUI lists a custom node's templates: `GET /workflow_templates` →
-//!   `{"comfyume": [names]}`, `GET /workflow_templates/comfyume/<name>.json`.
+//!   `{"comfyume": [names]}`, `GET /workflow_templates/comfyume/<name>.json` (and `<name>.jpg`, its
+//!   thumbnail, when the operator put one beside it).
 //!
 //! `workspace.default_workflow` names one of them to open on a user's first visit (see
-//! [`first_visit_script`]).
+//! [`first_visit_redirect`]).
 
 use std::path::{Path, PathBuf};
 
@@ -88,46 +89,97 @@ pub async fn list(State(state): State<AppState>, _ws: Workspace) -> Json<Value> 
     }
 }
 
-/// `GET /workflow_templates/{node}/{file}`: one template (`node` is `comfyume`).
+/// `GET /workflow_templates/{node}/{file}`: one template (`node` is `comfyume`), or a file beside it
+/// (the template browser asks for `<name>.jpg` as its thumbnail; an operator may drop one in).
 pub async fn get(
     State(state): State<AppState>,
     _ws: Workspace,
     axum::extract::Path(params): axum::extract::Path<Vec<(String, String)>>,
 ) -> Response {
     let (node, file) = (param(&params, "node"), param(&params, "file"));
-    if node != CATEGORY || comfyume_core::sink::safe_file_name(file).is_err() || !file.ends_with(".json") {
+    if node != CATEGORY || comfyume_core::sink::safe_file_name(file).is_err() {
         return StatusCode::NOT_FOUND.into_response();
     }
+    let content_type = if file.ends_with(".json") {
+        "application/json"
+    } else {
+        comfyume_core::sink::content_type_for(file)
+    };
     match tokio::fs::read(dir(&state).join(file)).await {
         Ok(bytes) => {
             let mut response = bytes.into_response();
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            if let Ok(value) = HeaderValue::from_str(content_type) {
+                response.headers_mut().insert(header::CONTENT_TYPE, value);
+            }
             response
         }
         Err(_) => StatusCode::NOT_FOUND.into_response(),
     }
 }
 
-/// On a user's first visit (no settings saved yet) with a default workflow configured: a script for the
-/// page that has the frontend open that workflow instead of its own default graph (it starts from the
-/// `workflow` the browser keeps, when there is one and no other). `None` otherwise.
-pub async fn first_visit_script(state: &AppState, ws: &Workspace) -> Option<String> {
+/// The id the frontend knows a template by (its file name without `.json`), for a file name that can be
+/// one: `.json` and only letters, digits, `_`, `.` and `-` before it (what the frontend accepts in its
+/// `?template=` parameter).
+pub fn template_id(file: &str) -> Option<&str> {
+    let id = file.strip_suffix(".json")?;
+    let ok = !id.is_empty()
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    ok.then_some(id)
+}
+
+/// On a user's first visit to their workspace (they have no settings yet and were never sent here
+/// before) with a default workflow configured and present: the address that has the frontend open it
+/// (`/u/<user>/?template=<id>&source=comfyume`, the frontend's own way to open a template from a link,
+/// which it fetches from [`get`]). The visit is recorded, so the next one opens what the user left.
+/// `None` on any later visit, and when there is no default workflow.
+pub async fn first_visit_redirect(state: &AppState, ws: &Workspace) -> Option<String> {
     let name = config_of(state).default_workflow.clone()?;
-    if tokio::fs::try_exists(ws.dirs.settings_file())
+    let id = template_id(&name)?;
+    let marker = ws.dirs.first_visit_marker();
+    for seen in [ws.dirs.settings_file(), marker.clone()] {
+        if tokio::fs::try_exists(&seen).await.unwrap_or(true) {
+            return None;
+        }
+    }
+    if !tokio::fs::try_exists(dir(state).join(&name))
         .await
-        .unwrap_or(true)
+        .unwrap_or(false)
     {
+        tracing::warn!(
+            template = %name,
+            dir = %dir(state).display(),
+            "the default workflow (workspace.default_workflow) is not in the templates directory"
+        );
         return None;
     }
-    comfyume_core::sink::safe_file_name(&name).ok()?;
-    let bytes = tokio::fs::read(dir(state).join(&name)).await.ok()?;
-    let workflow: Value = serde_json::from_slice(&bytes).ok()?;
-    // JSON inside a script element: `</` must not end it.
-    let text = serde_json::to_string(&workflow).ok()?.replace("</", "<\\/");
-    Some(format!(
-        "<script>try{{if(!localStorage.getItem('workflow')&&!localStorage.getItem('Comfy.PreviousWorkflow'))\
-         {{localStorage.setItem('workflow',JSON.stringify({text}))}}}}catch(e){{}}</script>"
-    ))
+    if let Err(e) = super::write_atomically(&marker, axum::body::Bytes::new()).await {
+        // Without the record every visit would open the default again: better none at all.
+        tracing::error!(error = %e, path = %marker.display(), "could not record a first workspace visit");
+        return None;
+    }
+    Some(format!("/u/{}/?template={id}&source={CATEGORY}", ws.user()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::template_id;
+
+    #[test]
+    fn a_template_id_is_what_the_frontends_template_link_accepts() {
+        assert_eq!(template_id("starter.json"), Some("starter"));
+        assert_eq!(template_id("class-2_v1.2.json"), Some("class-2_v1.2"));
+        for bad in [
+            "starter",
+            ".json",
+            ".hidden.json",
+            "two words.json",
+            "a/b.json",
+            "é.json",
+        ] {
+            assert_eq!(template_id(bad), None, "{bad}");
+        }
+    }
 }
