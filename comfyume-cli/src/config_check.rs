@@ -160,6 +160,31 @@ pub fn summary(c: &ServerConfig) -> Vec<String> {
                     "             {key}; cold-start budget {cold_start_timeout_secs} s, then the next provider"
                 ));
             }
+            runpod @ ProviderSection::Runpod {
+                name,
+                endpoint_id,
+                base_url,
+                max_workers,
+                concurrency,
+                cold_start_timeout_secs,
+                ..
+            } => {
+                lines.push(format!(
+                    "provider:    {name}: RunPod endpoint {endpoint_id} at {base_url}, {} slot(s) = {max_workers} \
+                     worker(s) x {concurrency}",
+                    max_workers * concurrency
+                ));
+                let key = match runpod.api_key_source() {
+                    Some(comfyume_server::config::ApiKeySource::File(p)) => {
+                        format!("key from {}", p.display())
+                    }
+                    Some(comfyume_server::config::ApiKeySource::Env(v)) => format!("key from ${v}"),
+                    _ => "no key".to_string(),
+                };
+                lines.push(format!(
+                    "             {key}; cold-start budget {cold_start_timeout_secs} s, then the next provider"
+                ));
+            }
             other => lines.push(format!("provider:    {}", other.name())),
         }
     }

@@ -9,8 +9,8 @@ use clap::Args;
 use comfyume_core::InferenceProvider;
 use comfyume_providers::serverless::GateConfig;
 use comfyume_providers::{
-    ApiKey, AsyncConfig, Callbacks, ComfyUiConfig, ComfyUiProvider, InstanceConfig, SharedDirConfig,
-    VerdaConfig, VerdaMode, VerdaProvider,
+    ApiKey, AsyncConfig, Callbacks, ComfyUiConfig, ComfyUiProvider, InstanceConfig, RunPodConfig,
+    RunPodProvider, SharedDirConfig, VerdaConfig, VerdaMode, VerdaProvider,
 };
 use comfyume_server::config::{ApiKeySource, ProviderSection, ServerConfig, StoreBackend, VerdaModeName};
 use comfyume_server::{Auth, ServerError};
@@ -124,6 +124,39 @@ pub async fn providers(
                 };
                 let provider =
                     VerdaProvider::start(verda).with_context(|| format!("starting provider '{name}'"))?;
+                out.push(Arc::new(provider));
+            }
+            ProviderSection::Runpod {
+                ref name,
+                ref endpoint_id,
+                ref base_url,
+                max_workers,
+                concurrency,
+                poll_interval_ms,
+                cold_start_timeout_secs,
+                failover_after,
+                cooldown_secs,
+                warm_for_secs,
+                ..
+            } => {
+                let key = api_key(&section, name)?;
+                let runpod = RunPodConfig {
+                    base_url: base_url.clone(),
+                    max_workers,
+                    concurrency,
+                    poll_interval: Duration::from_millis(poll_interval_ms),
+                    cold_start_timeout: Duration::from_secs(cold_start_timeout_secs),
+                    gate: GateConfig {
+                        warm_for: Duration::from_secs(warm_for_secs),
+                        failover_after,
+                        cooldown: Duration::from_secs(cooldown_secs),
+                    },
+                    ..RunPodConfig::new(name.clone(), endpoint_id.clone(), Some(key))
+                };
+                let inputs = Arc::new(comfyume_core::inputs::LocalInputs::new(&config.data_dir));
+                let provider = RunPodProvider::start(runpod)
+                    .with_context(|| format!("starting provider '{name}'"))?
+                    .with_inputs(inputs);
                 out.push(Arc::new(provider));
             }
             other => {
@@ -272,6 +305,9 @@ fn summary(config: &ServerConfig) -> Vec<String> {
             verda @ ProviderSection::Verda { name, .. } => {
                 format!("{name} (Verda {})", verda.verda_url().unwrap_or_default())
             }
+            ProviderSection::Runpod {
+                name, endpoint_id, ..
+            } => format!("{name} (RunPod endpoint {endpoint_id})"),
             other => other.name().to_string(),
         })
         .collect();

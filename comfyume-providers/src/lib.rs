@@ -15,6 +15,9 @@
 //!   scanner, cold starts reported as "waiting for a GPU to start", failover to the next deployment
 //!   after repeated failures ([`serverless`]); or in async-inference mode, through the platform's async
 //!   layer to a [`comfyume agent`](agent) beside an unmodified ComfyUI in the container.
+//! - [`RunPodProvider`] ([`runpod`]): a RunPod serverless endpoint running the common ComfyUI worker
+//!   image (`/run`, `/status`, `/cancel`; outputs inline or from a bucket), with the same cold-start
+//!   budget and failover.
 //! - [`sim`]: a protocol-faithful **simulated** ComfyUI worker for tests, demos and load tests (never
 //!   inference).
 //!
@@ -69,11 +72,13 @@ pub mod catalogue;
 pub mod comfyui;
 pub mod error;
 pub mod protocol;
+pub mod runpod;
 pub mod serverless;
 pub mod validate;
 pub mod verda;
 
 pub use comfyui::{ComfyUiConfig, ComfyUiProvider, InstanceConfig, InstanceStatus};
 pub use error::{Error, Result};
+pub use runpod::{RunPodConfig, RunPodProvider};
 pub use serverless::ApiKey;
 pub use verda::{AsyncConfig, Callbacks, SharedDirConfig, VerdaConfig, VerdaMode, VerdaProvider};

@@ -1,8 +1,11 @@
 //! The platform API key of a serverless provider never shows up in a log line, an error message or a
 //! `Debug` print — not even when the platform answers with an error page that echoes the request's
-//! headers. Against a stand-in platform on loopback (a test tool, not Verda).
+//! headers, or a worker's error that quotes them. Against stand-in platforms on loopback (test tools, not
+//! Verda or RunPod).
 
 #![allow(clippy::unwrap_used)] // test code: a failed call is a failed test
+
+mod runpod_support;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -10,8 +13,12 @@ use std::time::Duration;
 
 use axum::http::HeaderMap;
 use comfyume_core::{InferenceProvider, Job, JobId, JobSpec, JobState, ProviderEvent, Timestamp, UserId};
-use comfyume_providers::{ApiKey, SharedDirConfig, VerdaConfig, VerdaMode, VerdaProvider};
+use comfyume_providers::sim::{SimConfig, SimWorker};
+use comfyume_providers::{
+    ApiKey, RunPodConfig, RunPodProvider, SharedDirConfig, VerdaConfig, VerdaMode, VerdaProvider,
+};
 use futures::StreamExt;
+use runpod_support::{ENDPOINT, FakeRunPod, Options};
 use serde_json::json;
 
 const KEY: &str = "sk-live-0123456789abcdef-SECRET";
@@ -148,6 +155,122 @@ fn the_api_key_never_reaches_logs_errors_or_debug_output() {
     });
     // The key was really sent (so not finding it below means something).
     let seen = seen.lock().unwrap().clone();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|a| a == &format!("Bearer {KEY}")),
+        "{seen:?}"
+    );
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        !logs.is_empty(),
+        "nothing was logged: the check would prove nothing"
+    );
+    for text in texts.iter().chain(std::iter::once(&logs)) {
+        assert!(!text.contains(KEY), "the key leaked: {text}");
+        assert!(
+            !text.contains("0123456789abcdef"),
+            "part of the key leaked: {text}"
+        );
+    }
+}
+
+/// One job on a RunPod endpoint at `base`: how it ended (the failure's message, if any) and everything
+/// printable about it.
+async fn run_on_runpod(base: String) -> (Option<String>, String) {
+    let provider = RunPodProvider::start(RunPodConfig {
+        base_url: base,
+        poll_interval: Duration::from_millis(30),
+        request_timeout: Duration::from_secs(5),
+        ..RunPodConfig::new("runpod", ENDPOINT, Some(ApiKey::new(KEY).unwrap()))
+    })
+    .unwrap();
+    let job = job();
+    let mut stream = provider.submit(&job).await.unwrap();
+    let mut failure = None;
+    let mut completed = false;
+    while let Some(event) = stream.next().await {
+        match event {
+            ProviderEvent::Failed(f) => failure = Some(f),
+            ProviderEvent::Completed => completed = true,
+            _ => {}
+        }
+    }
+    let _ = provider.cancel(job.id).await;
+    let printed = match &failure {
+        Some(f) => format!("{f} {} {f:?} {provider:?} {:?}", f.details, provider.config()),
+        None => format!("{provider:?} {:?}", provider.config()),
+    };
+    assert!(
+        completed || failure.is_some(),
+        "the job neither completed nor failed"
+    );
+    (failure.map(|f| f.message), printed)
+}
+
+#[test]
+fn the_runpod_key_never_reaches_logs_errors_or_debug_output() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut texts = Vec::new();
+    let mut seen = Vec::new();
+    rt.block_on(async {
+        let sim = SimWorker::start(SimConfig::default(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        // A working endpoint (the key is sent and accepted), error pages that quote it, a worker whose
+        // error quotes it.
+        for (options, says) in [
+            (Options::default(), None),
+            (
+                Options {
+                    echo_key: Some(502),
+                    ..Options::default()
+                },
+                Some("gateway trouble"),
+            ),
+            (
+                Options {
+                    echo_key: Some(401),
+                    ..Options::default()
+                },
+                Some("gateway trouble"),
+            ),
+            (
+                Options {
+                    fail_echoing_key: true,
+                    ..Options::default()
+                },
+                Some("storage service refused"),
+            ),
+        ] {
+            let fake = FakeRunPod::start(KEY, vec![sim.base_url()], options).await;
+            let (message, printed) = run_on_runpod(fake.base.clone()).await;
+            match says {
+                None => assert_eq!(message, None, "{printed}"),
+                // The platform's own words come through, the key does not.
+                Some(words) => {
+                    let message = message.unwrap();
+                    assert!(message.contains(words), "{message}");
+                }
+            }
+            texts.push(printed);
+            seen.extend(fake.seen());
+        }
+        // Nobody listening at all.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        texts.push(run_on_runpod(base).await.1);
+    });
+    // The key was really sent (so not finding it below means something).
     assert!(
         !seen.is_empty() && seen.iter().all(|a| a == &format!("Bearer {KEY}")),
         "{seen:?}"

@@ -24,7 +24,7 @@ mod http;
 mod providers;
 
 pub use http::HttpSection;
-pub use providers::{ApiKeySource, ProviderSection, VerdaModeName};
+pub use providers::{ApiKeySource, ProviderSection, RUNPOD_BASE, VerdaModeName};
 
 /// How often a server on a shared (Redis) store reads the queue for jobs other servers accepted.
 const SHARED_QUEUE_POLL: Duration = Duration::from_millis(250);
@@ -419,11 +419,8 @@ impl ServerConfig {
             provider
                 .validate()
                 .map_err(|(key, why)| bad(&format!("providers[{i}].{key}"), why))?;
-            if let ProviderSection::Verda {
-                cold_start_timeout_secs,
-                ..
-            } = provider
-                && *cold_start_timeout_secs >= j.start_timeout_secs
+            if let Some(cold_start_timeout_secs) = provider.cold_start_timeout_secs()
+                && cold_start_timeout_secs >= j.start_timeout_secs
             {
                 return Err(bad(
                     &format!("providers[{i}].cold_start_timeout_secs"),
@@ -666,6 +663,49 @@ mod tests {
             ),
         ] {
             let text = example_block("verda")
+                .lines()
+                .filter(|l| !change.starts_with(&format!("{} ", l.split(' ').next().unwrap_or("#"))))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let path = write(dir.path(), &format!("{text}\n{change}"));
+            let err = ServerConfig::load_with_env(Some(&path), &Overrides::default(), no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{change}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_runpod_example_is_valid_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), &example_block("runpod"));
+        let c = ServerConfig::load_with_env(Some(&path), &Overrides::default(), no_env()).unwrap();
+        let p = &c.providers[0];
+        assert_eq!(p.name(), "runpod-4090");
+        assert_eq!(
+            p.api_key_source(),
+            Some(ApiKeySource::Env("RUNPOD_API_KEY".into()))
+        );
+        assert_eq!(p.cold_start_timeout_secs(), Some(540));
+        assert!(
+            matches!(p, ProviderSection::Runpod { base_url, .. } if base_url == RUNPOD_BASE),
+            "{p:?}"
+        );
+        for (change, key) in [
+            ("endpoint_id = \"a/b\"\n", "providers[0].endpoint_id"),
+            ("base_url = \"api.runpod.ai\"\n", "providers[0].base_url"),
+            ("max_workers = 0\n", "providers[0].max_workers"),
+            (
+                "cold_start_timeout_secs = 900\n",
+                "providers[0].cold_start_timeout_secs",
+            ),
+            (
+                "api_key_file = \"/run/secrets/runpod\"\n",
+                "providers[0].api_key_file",
+            ),
+            ("api_key = \"rp-in-the-file\"\n", "api_key"),
+        ] {
+            let text = example_block("runpod")
                 .lines()
                 .filter(|l| !change.starts_with(&format!("{} ", l.split(' ').next().unwrap_or("#"))))
                 .collect::<Vec<_>>()

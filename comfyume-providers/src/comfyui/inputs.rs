@@ -34,9 +34,24 @@ impl Shipment {
         catalogue: Option<&NodeCatalogue>,
     ) -> Result<Shipment, ProviderError> {
         let subfolder = instance_subfolder(owner);
+        let under = subfolder.clone();
+        let rename = move |name: &str| format!("{under}/{name}");
+        let files = Self::prepare_as(store, owner, workflow, catalogue, &rename).await?;
+        Ok(Shipment { subfolder, files })
+    }
+
+    /// Finds the loaders in `workflow` that name one of `owner`'s inputs, reads those inputs and points
+    /// the loaders at `rename(name)`; the files by their names in the owner's space.
+    pub(crate) async fn prepare_as(
+        store: &dyn InputStore,
+        owner: &UserId,
+        workflow: &mut Value,
+        catalogue: Option<&NodeCatalogue>,
+        rename: &(dyn Fn(&str) -> String + Sync),
+    ) -> Result<BTreeMap<String, Bytes>, ProviderError> {
         let mut files = BTreeMap::new();
         let Some(nodes) = workflow.as_object_mut() else {
-            return Ok(Shipment::default());
+            return Ok(files);
         };
         for node in nodes.values_mut() {
             let class = node
@@ -68,10 +83,10 @@ impl Shipment {
                     };
                     files.insert(name.clone(), data);
                 }
-                *value = Value::String(format!("{subfolder}/{name}"));
+                *value = Value::String(rename(&name));
             }
         }
-        Ok(Shipment { subfolder, files })
+        Ok(files)
     }
 
     /// True when nothing needs shipping.

@@ -57,7 +57,7 @@ use crate::error::{Error, Result};
 use crate::protocol::{ComfyClient, PromptRequest, validation_failure};
 use catalogue::CatalogueCache;
 use comfyume_core::inputs::InputStore;
-use inputs::Shipment;
+pub(crate) use inputs::Shipment;
 use instance::Instance;
 use job::JobRun;
 

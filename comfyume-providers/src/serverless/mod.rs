@@ -1,8 +1,9 @@
-//! What serverless providers ([`VerdaProvider`](crate::VerdaProvider)) share: the API key that never reaches a log line, the
+//! What serverless providers ([`VerdaProvider`](crate::VerdaProvider), [`RunPodProvider`](crate::RunPodProvider)) share: the API key that never reaches a log line, the
 //! record of a deployment's warmth and of its recent failures (which takes it out of rotation so the
 //! dispatcher fails over to the next deployment), and HTTP errors that carry the platform's own words.
 
 mod gate;
+pub(crate) mod saves;
 mod secret;
 
 pub use gate::{Gate, GateConfig};

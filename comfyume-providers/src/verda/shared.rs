@@ -18,61 +18,7 @@ use super::{Deployment, waiting_message};
 use crate::comfyui::{job_prefix, mark_outputs, plan_outputs, rewrite_workflow};
 use crate::error::Error;
 use crate::protocol::{PromptRequest, ServerMessage, node_error_failure, validation_failure};
-
-/// A save node's files: `<subfolder>/<stem>_NNNNN_.ext`.
-#[derive(Clone, Debug)]
-struct Expected {
-    node: String,
-    subfolder: String,
-    stem: String,
-}
-
-impl Expected {
-    fn matches(&self, file: &FoundFile) -> bool {
-        file.subfolder == self.subfolder
-            && file
-                .filename
-                .strip_prefix(&self.stem)
-                .is_some_and(|rest| rest.starts_with('_'))
-    }
-}
-
-/// The save nodes of a rewritten workflow and where their files go.
-fn expected_files(workflow: &Value, job: JobId) -> Vec<Expected> {
-    let prefix = format!("{}/", job_prefix(job));
-    let Some(nodes) = workflow.as_object() else {
-        return Vec::new();
-    };
-    nodes
-        .iter()
-        .filter_map(|(id, node)| {
-            let p = node.get("inputs")?.get("filename_prefix")?.as_str()?;
-            let rest = p.strip_prefix(&prefix)?;
-            let (subfolder, stem) = match rest.rsplit_once('/') {
-                Some((dir, stem)) => (dir.to_string(), stem.to_string()),
-                None => (String::new(), rest.to_string()),
-            };
-            Some(Expected {
-                node: id.clone(),
-                subfolder,
-                stem,
-            })
-        })
-        .collect()
-}
-
-/// ComfyUI's media key for a file it saved.
-fn media_of(filename: &str) -> &'static str {
-    let ext = filename
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    match ext.as_str() {
-        "flac" | "mp3" | "opus" | "wav" | "ogg" => "audio",
-        "latent" => "latents",
-        _ => "images",
-    }
-}
+use crate::serverless::saves::{SaveNode as Expected, media_of, save_nodes as expected_files};
 
 pub(super) async fn submit(dep: Arc<Deployment>, job: &Job) -> Result<ProviderEventStream, ProviderError> {
     let config = &dep.config;
@@ -278,7 +224,7 @@ impl Run {
                 let node = self
                     .expected
                     .iter()
-                    .find(|e| e.matches(&file))
+                    .find(|e| e.matches(&file.subfolder, &file.filename))
                     .map(|e| e.node.clone());
                 let data = match tokio::fs::read(&file.path).await {
                     Ok(data) => data,
@@ -303,10 +249,11 @@ impl Run {
                     !self.expected.is_empty()
                         && report.incomplete == 0
                         && report.quiet_for >= settle
-                        && self
-                            .expected
-                            .iter()
-                            .all(|e| delivered.iter().any(|(_, f)| e.matches(f)))
+                        && self.expected.iter().all(|e| {
+                            delivered
+                                .iter()
+                                .any(|(_, f)| e.matches(&f.subfolder, &f.filename))
+                        })
                 }
             };
             if done {
@@ -414,35 +361,5 @@ impl Run {
             FailureKind::ProviderError,
             format!("deployment '{}': {why}", self.dep.config.name),
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn save_nodes_and_their_files() {
-        let job = JobId(uuid::Uuid::nil());
-        let wf = json!({
-            "1": {"class_type": "EmptyImage", "inputs": {}},
-            "2": {"class_type": "SaveImage", "inputs": {"filename_prefix": format!("{}/gw/empty", job_prefix(job))}},
-            "3": {"class_type": "SaveImage", "inputs": {"filename_prefix": format!("{}/top", job_prefix(job))}},
-        });
-        let e = expected_files(&wf, job);
-        assert_eq!(e.len(), 2);
-        let file = |sub: &str, name: &str| FoundFile {
-            subfolder: sub.into(),
-            filename: name.into(),
-            path: Default::default(),
-        };
-        let gw = e.iter().find(|x| x.node == "2").unwrap();
-        assert!(gw.matches(&file("gw", "empty_00001_.png")));
-        assert!(!gw.matches(&file("gw", "emptyish_00001_.png")));
-        assert!(!gw.matches(&file("", "empty_00001_.png")));
-        let top = e.iter().find(|x| x.node == "3").unwrap();
-        assert!(top.matches(&file("", "top_00002_.png")));
-        assert_eq!(media_of("a_00001_.flac"), "audio");
-        assert_eq!(media_of("a_00001_.png"), "images");
     }
 }

@@ -87,6 +87,48 @@ pub enum ProviderSection {
         #[serde(default = "default_warm_for")]
         warm_for_secs: u64,
     },
+    /// A RunPod serverless endpoint (queue-based) running the ComfyUI worker image
+    /// (`runpod/worker-comfyui`). Capacity is `max_workers × concurrency`.
+    Runpod {
+        /// Name for logs, metrics and the admin page.
+        name: String,
+        /// The endpoint's id at RunPod (its API is `<base_url>/v2/<endpoint_id>/…`).
+        endpoint_id: String,
+        /// RunPod's API base (another for a test endpoint).
+        #[serde(default = "default_runpod_base")]
+        base_url: String,
+        /// The environment variable holding the bearer key (default `RUNPOD_API_KEY`). The key itself
+        /// never goes into the configuration file.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_key_env: Option<String>,
+        /// A secrets file holding the bearer key, instead of `api_key_env`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_key_file: Option<PathBuf>,
+        /// Most workers the endpoint scales to (its "max workers" at RunPod).
+        #[serde(default = "one")]
+        max_workers: usize,
+        /// Jobs one worker runs at once.
+        #[serde(default = "one")]
+        concurrency: usize,
+        /// How often a job's status is asked, in milliseconds.
+        #[serde(default = "default_poll_ms")]
+        poll_interval_ms: u64,
+        /// Longest a job may wait for a worker to start, in seconds (keep it under
+        /// `jobs.start_timeout_secs`); then it is cancelled at RunPod and the job fails over.
+        #[serde(default = "default_cold_start")]
+        cold_start_timeout_secs: u64,
+        /// Failures in a row (cold start over budget, 5xx, no connection) before jobs go to the next
+        /// provider.
+        #[serde(default = "default_failover_after")]
+        failover_after: u32,
+        /// How long a failing endpoint stays out of rotation, in seconds.
+        #[serde(default = "default_cooldown")]
+        cooldown_secs: u64,
+        /// How long after its last answer the endpoint counts as warm (its workers' idle timeout), in
+        /// seconds.
+        #[serde(default = "default_warm_for")]
+        warm_for_secs: u64,
+    },
 }
 
 /// Where a platform's API key comes from.
@@ -150,6 +192,13 @@ fn default_warm_for() -> u64 {
 /// Verda's base URL for serverless containers.
 pub const VERDA_BASE: &str = "https://containers.datacrunch.io";
 
+/// RunPod's API base for serverless endpoints.
+pub const RUNPOD_BASE: &str = "https://api.runpod.ai";
+
+fn default_runpod_base() -> String {
+    RUNPOD_BASE.to_string()
+}
+
 fn is_http_url(url: &str) -> bool {
     (url.starts_with("http://") || url.starts_with("https://")) && url.len() >= 10
 }
@@ -158,7 +207,9 @@ impl ProviderSection {
     /// The provider's name.
     pub fn name(&self) -> &str {
         match self {
-            ProviderSection::Comfyui { name, .. } | ProviderSection::Verda { name, .. } => name,
+            ProviderSection::Comfyui { name, .. }
+            | ProviderSection::Verda { name, .. }
+            | ProviderSection::Runpod { name, .. } => name,
         }
     }
 
@@ -183,7 +234,31 @@ impl ProviderSection {
             ProviderSection::Verda { api_key_env, .. } => Some(ApiKeySource::Env(
                 api_key_env.clone().unwrap_or_else(|| "VERDA_API_KEY".to_string()),
             )),
-            _ => None,
+            ProviderSection::Runpod {
+                api_key_file: Some(file),
+                ..
+            } => Some(ApiKeySource::File(file.clone())),
+            ProviderSection::Runpod { api_key_env, .. } => Some(ApiKeySource::Env(
+                api_key_env
+                    .clone()
+                    .unwrap_or_else(|| "RUNPOD_API_KEY".to_string()),
+            )),
+            ProviderSection::Comfyui { .. } => None,
+        }
+    }
+
+    /// A serverless provider's cold-start budget, in seconds (`None` for kinds without one).
+    pub fn cold_start_timeout_secs(&self) -> Option<u64> {
+        match self {
+            ProviderSection::Verda {
+                cold_start_timeout_secs,
+                ..
+            }
+            | ProviderSection::Runpod {
+                cold_start_timeout_secs,
+                ..
+            } => Some(*cold_start_timeout_secs),
+            ProviderSection::Comfyui { .. } => None,
         }
     }
 
@@ -282,6 +357,53 @@ impl ProviderSection {
                     ("concurrency", *concurrency as u64),
                     ("cold_start_timeout_secs", *cold_start_timeout_secs),
                     ("scan_interval_ms", *scan_interval_ms),
+                    ("failover_after", u64::from(*failover_after)),
+                ] {
+                    if value == 0 {
+                        return bad(key, "must be at least 1".to_string());
+                    }
+                }
+                Ok(())
+            }
+            ProviderSection::Runpod {
+                endpoint_id,
+                base_url,
+                api_key_env,
+                api_key_file,
+                max_workers,
+                concurrency,
+                poll_interval_ms,
+                cold_start_timeout_secs,
+                failover_after,
+                ..
+            } => {
+                if endpoint_id.is_empty()
+                    || !endpoint_id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
+                    return bad(
+                        "endpoint_id",
+                        format!("'{endpoint_id}' is not a RunPod endpoint id (letters, digits, - and _)"),
+                    );
+                }
+                if !is_http_url(base_url) || base_url.contains(['?', '#']) {
+                    return bad(
+                        "base_url",
+                        format!("'{base_url}' is not an http(s) URL such as {RUNPOD_BASE}"),
+                    );
+                }
+                if api_key_env.is_some() && api_key_file.is_some() {
+                    return bad(
+                        "api_key_file",
+                        "give either api_key_env or api_key_file, not both".to_string(),
+                    );
+                }
+                for (key, value) in [
+                    ("max_workers", *max_workers as u64),
+                    ("concurrency", *concurrency as u64),
+                    ("poll_interval_ms", *poll_interval_ms),
+                    ("cold_start_timeout_secs", *cold_start_timeout_secs),
                     ("failover_after", u64::from(*failover_after)),
                 ] {
                     if value == 0 {
