@@ -17,6 +17,8 @@ pub(super) struct StoredLease {
     expires_at: Timestamp,
 }
 
+/// The record as JSON. The job's workflow is stored once, apart (see [`encode_workflow`]): callers take it
+/// out of the record first (see `RedisStore::modify`), so a transition never rewrites it.
 pub(super) fn encode(record: &Record) -> Result<String> {
     let stored = Stored {
         job: record.job.clone(),
@@ -29,7 +31,14 @@ pub(super) fn encode(record: &Record) -> Result<String> {
     serde_json::to_string(&stored).map_err(|e| Error::Store(format!("cannot encode a job: {e}")))
 }
 
-pub(super) fn decode(id: JobId, seq: u64, text: &str) -> Result<Record> {
+/// A workflow as it is stored, once, beside its job's record.
+pub(super) fn encode_workflow(workflow: &serde_json::Value) -> Result<String> {
+    serde_json::to_string(workflow).map_err(|e| Error::Store(format!("cannot encode a workflow: {e}")))
+}
+
+/// A record read back, with its workflow when stored apart (`workflow`: records written before the
+/// workflow moved out keep it inline).
+pub(super) fn decode(id: JobId, seq: u64, text: &str, workflow: Option<&str>) -> Result<Record> {
     let stored: Stored = serde_json::from_str(text).map_err(|e| {
         Error::Store(format!(
             "job {id} is stored in a form this comfyume cannot read: {e}"
@@ -37,6 +46,13 @@ pub(super) fn decode(id: JobId, seq: u64, text: &str) -> Result<Record> {
     })?;
     let mut job = stored.job;
     job.seq = seq;
+    if let Some(workflow) = workflow {
+        job.spec.workflow = serde_json::from_str(workflow).map_err(|e| {
+            Error::Store(format!(
+                "the workflow of job {id} is stored in a form this comfyume cannot read: {e}"
+            ))
+        })?;
+    }
     Ok(Record {
         job,
         lease: stored.lease.map(|l| LeaseRecord {

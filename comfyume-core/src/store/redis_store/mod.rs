@@ -19,7 +19,7 @@ mod relay;
 #[cfg(test)]
 mod tests;
 
-use codec::{decode, encode, evicts, from_value, index_of, info_field, parse_ids};
+use codec::{decode, encode, encode_workflow, evicts, from_value, index_of, info_field, parse_ids};
 use keys::Keys;
 
 /// How many ids one round trip reads when a call walks an index (`list`, `queued`, the reaper).
@@ -224,16 +224,18 @@ impl RedisStore {
     /// The record of `id` with its version, if the job exists.
     async fn read(&self, id: JobId) -> Result<Option<(u64, Record)>> {
         let mut con = self.con.clone();
-        let (ver, seq, rec): (Option<u64>, Option<u64>, Option<String>) = ::redis::cmd("HMGET")
+        type Row = (Option<u64>, Option<u64>, Option<String>, Option<String>);
+        let (ver, seq, rec, wf): Row = ::redis::cmd("HMGET")
             .arg(self.keys.job(id))
             .arg("ver")
             .arg("seq")
             .arg("rec")
+            .arg("wf")
             .query_async(&mut con)
             .await
             .map_err(store_err)?;
         match (ver, seq, rec) {
-            (Some(ver), Some(seq), Some(rec)) => Ok(Some((ver, decode(id, seq, &rec)?))),
+            (Some(ver), Some(seq), Some(rec)) => Ok(Some((ver, decode(id, seq, &rec, wf.as_deref())?))),
             _ => Ok(None),
         }
     }
@@ -245,13 +247,17 @@ impl RedisStore {
         for chunk in ids.chunks(BATCH) {
             let mut pipe = ::redis::pipe();
             for id in chunk {
-                pipe.cmd("HMGET").arg(self.keys.job(*id)).arg("seq").arg("rec");
+                pipe.cmd("HMGET")
+                    .arg(self.keys.job(*id))
+                    .arg("seq")
+                    .arg("rec")
+                    .arg("wf");
             }
-            let rows: Vec<(Option<u64>, Option<String>)> =
+            let rows: Vec<(Option<u64>, Option<String>, Option<String>)> =
                 pipe.query_async(&mut con).await.map_err(store_err)?;
             for (id, row) in chunk.iter().zip(rows) {
-                if let (Some(seq), Some(rec)) = row {
-                    records.push(decode(*id, seq, &rec)?);
+                if let (Some(seq), Some(rec), wf) = row {
+                    records.push(decode(*id, seq, &rec, wf.as_deref())?);
                 }
             }
         }
@@ -260,6 +266,8 @@ impl RedisStore {
 
     /// Applies `change` to the record of `id` and writes it back atomically, starting over when another
     /// writer got there first. `change` returns `Ok(None)` to leave the record unwritten (nothing to do).
+    /// The workflow is not rewritten: it was stored once at enqueue, and `change` sees the record
+    /// without it (no transition depends on it).
     async fn modify<T>(
         &self,
         id: JobId,
@@ -268,6 +276,7 @@ impl RedisStore {
         let mut con = self.con.clone();
         loop {
             let (ver, mut record) = self.read(id).await?.ok_or(Error::NotFound(id))?;
+            let workflow = std::mem::take(&mut record.job.spec.workflow);
             let Some(out) = change(&mut record)? else {
                 return Ok(None);
             };
@@ -286,6 +295,7 @@ impl RedisStore {
                 .await
                 .map_err(store_err)?;
             if written != 0 {
+                record.job.spec.workflow = workflow;
                 return Ok(Some((out, record.job)));
             }
             // Another server changed the job between the read and the write: decide again on its news.
@@ -339,7 +349,8 @@ impl JobStore for RedisStore {
     async fn enqueue(&self, spec: JobSpec, now: Timestamp) -> Result<(Job, bool)> {
         let id = spec.id.unwrap_or_default();
         let owner = spec.owner.clone();
-        let record = Record::new(id, spec, 0, now);
+        let mut record = Record::new(id, spec, 0, now);
+        let workflow = std::mem::take(&mut record.job.spec.workflow);
         let mut con = self.con.clone();
         let answer: Vec<::redis::Value> = self
             .enqueue
@@ -350,12 +361,25 @@ impl JobStore for RedisStore {
             .key(self.keys.owner(&owner))
             .arg(id.to_string())
             .arg(encode(&record)?)
+            .arg(encode_workflow(&workflow)?)
             .invoke_async(&mut con)
             .await
             .map_err(store_err)?;
-        let (created, seq, existing): (u8, u64, Option<String>) = match answer.as_slice() {
-            [created, seq] => (from_value(created)?, from_value(seq)?, None),
-            [created, seq, existing] => (from_value(created)?, from_value(seq)?, from_value(existing)?),
+        type Answer = (u8, u64, Option<String>, Option<String>);
+        let (created, seq, existing, existing_wf): Answer = match answer.as_slice() {
+            [created, seq] => (from_value(created)?, from_value(seq)?, None, None),
+            [created, seq, existing] => (
+                from_value(created)?,
+                from_value(seq)?,
+                from_value(existing)?,
+                None,
+            ),
+            [created, seq, existing, wf] => (
+                from_value(created)?,
+                from_value(seq)?,
+                from_value(existing)?,
+                from_value(wf)?,
+            ),
             other => {
                 return Err(Error::Store(format!(
                     "redis: unexpected enqueue answer {other:?}"
@@ -365,10 +389,11 @@ impl JobStore for RedisStore {
         if created == 1 {
             let mut job = record.job;
             job.seq = seq;
+            job.spec.workflow = workflow;
             return Ok((job, true));
         }
         let existing = existing.ok_or_else(|| Error::Store(format!("job {id} exists without its record")))?;
-        let existing = decode(id, seq, &existing)?;
+        let existing = decode(id, seq, &existing, existing_wf.as_deref())?;
         if existing.job.spec.owner == owner {
             Ok((existing.job, false))
         } else {

@@ -83,3 +83,56 @@ async fn all_keys_of_a_pool_share_its_hash_tag_and_are_deleted_with_it() {
     let left: Vec<String> = con.keys(&pattern).await.unwrap();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_workflow_is_written_once_and_comes_back_whole_after_every_transition() {
+    let (store, _pool) = fresh();
+    let workflow = serde_json::json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "once"}}
+    });
+    let owner = UserId::new("alice").unwrap();
+    let (job, created) = store
+        .enqueue(JobSpec::new(owner.clone(), workflow.clone()), Timestamp(1_000))
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(job.spec.workflow, workflow);
+    let (claimed, lease) = store
+        .claim(
+            job.id,
+            "server-a",
+            "gpu",
+            Duration::from_secs(30),
+            Timestamp(1_001),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.spec.workflow, workflow);
+    let done = store
+        .complete(&lease, Vec::new(), Timestamp(1_002))
+        .await
+        .unwrap();
+    assert_eq!(done.spec.workflow, workflow);
+    assert_eq!(store.get(job.id).await.unwrap().unwrap().spec.workflow, workflow);
+    // Enqueueing the same id again answers the stored job, workflow included.
+    let again = JobSpec {
+        id: Some(job.id),
+        ..JobSpec::new(owner, serde_json::json!({}))
+    };
+    let (existing, created) = store.enqueue(again, Timestamp(1_003)).await.unwrap();
+    assert!(!created);
+    assert_eq!(existing.spec.workflow, workflow);
+
+    // In Redis the record holds no workflow: transitions rewrite the record, never the workflow.
+    let mut con = store.con.clone();
+    let (rec, wf): (String, String) = ::redis::cmd("HMGET")
+        .arg(store.keys.job(job.id))
+        .arg("rec")
+        .arg("wf")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(!rec.contains("EmptyImage"), "{rec}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&wf).unwrap(), workflow);
+}
