@@ -129,14 +129,15 @@ pub async fn build_with_callbacks(
             ..config.dispatcher_config(holder.clone())
         },
     );
+    // The instructor's standing overrides hold before the first job is handed out.
+    let mut overrides = overrides::OverridesFile::in_dir(&config.data_dir);
     if let Some(redis) = relay {
         redis.relay_events(engine.events().clone(), holder);
+        overrides = overrides.shared_in(redis);
     }
-    // The instructor's standing overrides hold before the first job is handed out.
-    let overrides = overrides::OverridesFile::in_dir(&config.data_dir);
-    let saved = overrides.load()?;
+    let saved = overrides.load_current().await?;
     if !saved.is_empty() {
-        for warning in saved.apply(&engine) {
+        for warning in saved.apply(&engine, &config.scheduler_config()) {
             tracing::warn!(file = %overrides.path().display(), "{warning}");
         }
         tracing::info!(file = %overrides.path().display(), "restored admin overrides: {}", saved.describe());

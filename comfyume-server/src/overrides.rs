@@ -8,20 +8,34 @@
 //! of the engine's state, never a second source of truth: what is saved is read back from the
 //! scheduler and the providers.
 //!
+//! With several servers on one Redis (scale-out), the overrides are also kept in the pool's shared
+//! settings: every change an admin makes on one server is written there, and every server follows it
+//! (checking about once a second, see [`OverridesFile::follow`]), so pausing the queue on one server
+//! pauses it on all. The latest write wins: two admins changing settings on two servers within the same
+//! second may see one of the two changes undone.
+//!
 //! Not kept: moves to the front (one-off nudges of single jobs; job priorities are stored with the
 //! jobs themselves). Deleting the file while the server is stopped returns every setting to the
 //! configuration.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use comfyume_core::{Dispatcher, Policy, SchedulerConfig, UserCaps, UserId};
+use comfyume_core::{Dispatcher, Policy, RedisStore, SchedulerConfig, UserCaps, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ServerError;
 
 /// The file's name inside the data directory.
 pub const FILE_NAME: &str = "overrides.json";
+
+/// The name of the overrides among a Redis pool's shared settings.
+pub const SHARED_NAME: &str = "overrides";
+
+/// How often a server on Redis checks the pool's overrides for changes made on other servers.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The standing overrides.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -95,29 +109,32 @@ impl Overrides {
         *self == Overrides::default()
     }
 
-    /// Puts these settings into `engine`. A drained provider that is no longer configured is skipped
-    /// and named in the returned warnings; so is a weight the scheduler refuses.
-    pub fn apply(&self, engine: &Dispatcher) -> Vec<String> {
+    /// Makes `engine` hold exactly these settings: what is listed is set, everything else returns to
+    /// `config` (a resumed queue or user, weight 1, the default caps, the configured policy and provider
+    /// order, no drain). A drained provider that is no longer configured is skipped and named in the
+    /// returned warnings; so is a weight the scheduler refuses.
+    pub fn apply(&self, engine: &Dispatcher, config: &SchedulerConfig) -> Vec<String> {
         let mut warnings = Vec::new();
         engine.with_scheduler(|s| {
-            if let Some(policy) = self.policy {
-                s.set_policy(policy);
-            }
+            s.set_policy(self.policy.unwrap_or(config.policy));
             if self.queue_paused {
                 s.pause_all();
+            } else {
+                s.resume_all();
             }
-            for (user, o) in &self.users {
+            let mut users: BTreeSet<UserId> = s.users().into_iter().map(|(user, _)| user).collect();
+            users.extend(self.users.keys().cloned());
+            for user in &users {
+                let o = self.users.get(user).cloned().unwrap_or_default();
                 if o.paused {
                     s.pause_user(user);
+                } else {
+                    s.resume_user(user);
                 }
-                if let Some(weight) = o.weight
-                    && let Err(e) = s.set_user_weight(user, weight)
-                {
+                if let Err(e) = s.set_user_weight(user, o.weight.unwrap_or(1.0)) {
                     warnings.push(format!("weight of {user} not restored: {e}"));
                 }
-                if let Some(caps) = o.caps {
-                    s.set_user_caps(user, caps);
-                }
+                s.set_user_caps(user, o.caps.unwrap_or(config.default_caps));
             }
         });
         for name in &self.draining {
@@ -127,21 +144,30 @@ impl Overrides {
                 ));
             }
         }
-        if !self.provider_order.is_empty() {
-            let known: Vec<&String> = self
-                .provider_order
-                .iter()
-                .filter(|name| engine.configured_provider_order().contains(name))
-                .collect();
-            if known.len() < self.provider_order.len() {
-                warnings.push(format!(
-                    "the saved provider order names providers that are no longer configured: {}",
-                    self.provider_order.join(", ")
-                ));
+        for provider in engine.providers() {
+            if provider.draining && !self.draining.contains(&provider.name) {
+                engine.set_draining(&provider.name, false);
             }
-            if let Err(e) = engine.set_provider_order(&known) {
-                warnings.push(format!("provider order not restored: {e}"));
-            }
+        }
+        let configured = engine.configured_provider_order();
+        let known: Vec<&String> = self
+            .provider_order
+            .iter()
+            .filter(|name| configured.contains(name))
+            .collect();
+        if known.len() < self.provider_order.len() {
+            warnings.push(format!(
+                "the saved provider order names providers that are no longer configured: {}",
+                self.provider_order.join(", ")
+            ));
+        }
+        let order = if known.is_empty() {
+            configured.iter().collect()
+        } else {
+            known
+        };
+        if let Err(e) = engine.set_provider_order(&order) {
+            warnings.push(format!("provider order not restored: {e}"));
         }
         warnings
     }
@@ -169,12 +195,17 @@ impl Overrides {
     }
 }
 
-/// Where the overrides of a data directory are kept.
+/// Where the overrides of a data directory are kept (and, with several servers on one Redis, the
+/// pool's copy every server follows).
 #[derive(Debug)]
 pub struct OverridesFile {
     path: PathBuf,
     /// Serialises snapshot-and-write, so the file always ends with the latest state.
     write: tokio::sync::Mutex<()>,
+    /// The pool's shared copy, when the server's job store is Redis.
+    shared: Option<RedisStore>,
+    /// The version of the shared copy this server holds (written or applied last).
+    seen: AtomicU64,
 }
 
 impl OverridesFile {
@@ -183,7 +214,98 @@ impl OverridesFile {
         OverridesFile {
             path: data_dir.join(FILE_NAME),
             write: tokio::sync::Mutex::new(()),
+            shared: None,
+            seen: AtomicU64::new(0),
         }
+    }
+
+    /// Also keeps the overrides in `redis`'s pool, shared by every server on it.
+    pub fn shared_in(mut self, redis: RedisStore) -> Self {
+        self.shared = Some(redis);
+        self
+    }
+
+    /// True when the overrides are shared by the servers of a Redis pool.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// The overrides to start with: the pool's shared copy when there is one (the file is a local copy
+    /// of it), else the file; a file's settings are then published to a pool that has none yet.
+    pub async fn load_current(&self) -> Result<Overrides, ServerError> {
+        let Some(redis) = &self.shared else {
+            return self.load();
+        };
+        match redis
+            .get_shared(SHARED_NAME)
+            .await
+            .map_err(|e| self.shared_error(&e))?
+        {
+            Some((version, text)) => {
+                self.seen.store(version, Ordering::SeqCst);
+                self.parse_shared(&text)
+            }
+            None => {
+                let local = self.load()?;
+                if !local.is_empty() {
+                    let text = serde_json::to_string(&local).map_err(|e| self.error(&e))?;
+                    let version = redis
+                        .put_shared(SHARED_NAME, &text)
+                        .await
+                        .map_err(|e| self.shared_error(&e))?;
+                    self.seen.store(version, Ordering::SeqCst);
+                }
+                Ok(local)
+            }
+        }
+    }
+
+    /// Applies the pool's shared overrides to `engine` when another server changed them since this one
+    /// last wrote or applied them, and keeps the file in step. Answers the overrides applied, if any.
+    pub async fn follow(
+        &self,
+        engine: &Dispatcher,
+        config: &SchedulerConfig,
+    ) -> Result<Option<Overrides>, ServerError> {
+        let Some(redis) = &self.shared else {
+            return Ok(None);
+        };
+        let _one_at_a_time = self.write.lock().await;
+        let Some((version, text)) = redis
+            .get_shared(SHARED_NAME)
+            .await
+            .map_err(|e| self.shared_error(&e))?
+        else {
+            return Ok(None);
+        };
+        if version == self.seen.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let overrides = self.parse_shared(&text)?;
+        for warning in overrides.apply(engine, config) {
+            tracing::warn!("shared overrides: {warning}");
+        }
+        self.seen.store(version, Ordering::SeqCst);
+        let path = self.path.clone();
+        let copy = overrides.clone();
+        tokio::task::spawn_blocking(move || write_atomically(&path, &copy))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|e| self.error(&e))?;
+        Ok(Some(overrides))
+    }
+
+    fn parse_shared(&self, text: &str) -> Result<Overrides, ServerError> {
+        serde_json::from_str(text).map_err(|e| {
+            ServerError::Config(format!(
+                "the overrides shared in Redis cannot be read: {e} (an admin change on any server rewrites them)"
+            ))
+        })
+    }
+
+    fn shared_error(&self, e: &dyn std::fmt::Display) -> ServerError {
+        ServerError::Config(format!("the overrides shared in Redis: {e}"))
     }
 
     /// The file's path.
@@ -206,10 +328,19 @@ impl OverridesFile {
         })
     }
 
-    /// Writes what `engine` holds now (removing the file when nothing differs from `config`).
+    /// Writes what `engine` holds now (removing the file when nothing differs from `config`), and
+    /// publishes it to the other servers when the overrides are shared.
     pub async fn save(&self, engine: &Dispatcher, config: &SchedulerConfig) -> Result<(), ServerError> {
         let _one_at_a_time = self.write.lock().await;
         let overrides = Overrides::snapshot(engine, config);
+        if let Some(redis) = &self.shared {
+            let text = serde_json::to_string(&overrides).map_err(|e| self.error(&e))?;
+            let version = redis
+                .put_shared(SHARED_NAME, &text)
+                .await
+                .map_err(|e| self.shared_error(&e))?;
+            self.seen.store(version, Ordering::SeqCst);
+        }
         let path = self.path.clone();
         let written = tokio::task::spawn_blocking(move || write_atomically(&path, &overrides))
             .await

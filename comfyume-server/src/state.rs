@@ -139,6 +139,9 @@ impl AppState {
         tokio::spawn(crate::events::positions::run(self.clone()));
         tokio::spawn(crate::admin::day::follow(self.clone()));
         tokio::spawn(crate::admin::live::run(self.clone()));
+        if self.inner.overrides.as_ref().is_some_and(|o| o.is_shared()) {
+            tokio::spawn(follow_shared_overrides(self.clone()));
+        }
     }
 
     /// The engine.
@@ -245,6 +248,34 @@ impl AppState {
     /// Every user's uploaded inputs (`<data_dir>/users/<user>/input/`).
     pub fn inputs(&self) -> &LocalInputs {
         &self.inner.inputs
+    }
+}
+
+/// Applies the overrides admins change on other servers of the same Redis pool, until shutdown.
+async fn follow_shared_overrides(state: AppState) {
+    let Some(file) = &state.inner.overrides else {
+        return;
+    };
+    let config = state.inner.config.scheduler_config();
+    let mut tick = tokio::time::interval(crate::overrides::FOLLOW_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.inner.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match file.follow(&state.inner.engine, &config).await {
+            Ok(Some(applied)) => {
+                tracing::info!(
+                    "applied admin overrides changed on another server: {}",
+                    applied.describe()
+                );
+                state.queue_changed();
+            }
+            Ok(None) => {}
+            // Redis may be briefly away; the next tick tries again.
+            Err(e) => tracing::debug!(error = %e, "could not check the shared overrides"),
+        }
     }
 }
 

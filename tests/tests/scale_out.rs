@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use comfyume_core::{RedisOptions, RedisStore, UserId};
+use comfyume_providers::ComfyUiConfig;
 use comfyume_server::auth::credentials::Credentials;
 use comfyume_server::config::{ServerConfig, StoreBackend};
 use reqwest::{Method, StatusCode};
@@ -207,8 +208,8 @@ async fn three_servers_share_one_queue_and_run_every_job_once_in_fair_order() {
     }
 }
 
-/// A user connected to server A follows a job that server B runs (A's queue is paused, so only B can
-/// take it): the progress and the end arrive over Redis pub/sub.
+/// A user connected to server A follows a job that server B runs (A's own provider is drained, so only
+/// B can take it): the progress and the end arrive over Redis pub/sub.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_user_on_one_server_sees_the_progress_of_a_job_another_server_runs() {
     let pool = fresh_pool();
@@ -218,15 +219,21 @@ async fn a_user_on_one_server_sees_the_progress_of_a_job_another_server_runs() {
     let configs: Vec<_> = dirs.iter().map(|d| redis_config(d.path(), &pool)).collect();
     let users = vec!["alice".to_owned()];
     let tokens = shared_credentials(&configs, &users);
+    // The two servers name their connections to the worker apart, so draining A's leaves B's.
     let mut servers = Vec::new();
-    for config in configs {
-        servers.push(Server::start(config, &[worker.base_url()]).await);
+    for (config, name) in configs.into_iter().zip(["sim-a", "sim-b"]) {
+        let provider = ComfyUiConfig {
+            name: name.into(),
+            client_id_seed: Some(comfyume_server::identity(&config)),
+            ..support::pool(&[worker.base_url()])
+        };
+        servers.push(Server::start_with(config, provider).await);
     }
     let (a, b) = (Api::new(&servers[0].url), Api::new(&servers[1].url));
     let (status, body) = a
         .call(
             Method::POST,
-            "/api/v1/admin/queue/pause",
+            "/api/v1/admin/providers/sim-a/drain",
             Some(&tokens["teacher"]),
             None,
         )
@@ -248,6 +255,73 @@ async fn a_user_on_one_server_sees_the_progress_of_a_job_another_server_runs() {
     let job = b.job(&tokens["alice"], &id).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     events.close().await;
+    for server in servers {
+        server.shut_down().await;
+    }
+}
+
+/// The instructor's standing overrides hold on every server of the pool: the queue paused on A holds
+/// jobs submitted to B; a weight set on A shows on B; resuming on B lets A's and B's jobs run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_override_made_on_one_server_holds_on_every_server() {
+    let pool = fresh_pool();
+    let _cleanup = PoolGuard(pool.clone());
+    let worker = sim(Duration::from_millis(5)).await;
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let configs: Vec<_> = dirs.iter().map(|d| redis_config(d.path(), &pool)).collect();
+    let users = vec!["alice".to_owned()];
+    let tokens = shared_credentials(&configs, &users);
+    let admin = tokens["teacher"].clone();
+    let mut servers = Vec::new();
+    for config in configs {
+        servers.push(Server::start(config, &[worker.base_url()]).await);
+    }
+    let (a, b) = (Api::new(&servers[0].url), Api::new(&servers[1].url));
+
+    let (status, body) = a
+        .call(Method::POST, "/api/v1/admin/queue/pause", Some(&admin), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let weight = serde_json::json!({"weight": 3.0});
+    let (status, body) = a
+        .call(
+            Method::PUT,
+            "/api/v1/admin/users/alice/weight",
+            Some(&admin),
+            Some(weight),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    until("B to follow A's pause", WAIT, async || {
+        queue(&b, &admin).await["paused"] == true
+    })
+    .await;
+    until("B to follow A's weight for alice", WAIT, async || {
+        let (_, users) = b
+            .call(Method::GET, "/api/v1/admin/users", Some(&admin), None)
+            .await;
+        users.to_string().contains("\"weight\":3.0")
+    })
+    .await;
+
+    // Held on B too: nothing starts while the pool's queue is paused.
+    let on_b = b.submit(&tokens["alice"], &fixture("01_empty_save")).await;
+    let on_a = a.submit(&tokens["alice"], &fixture("01_empty_save")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(worker.started_prompts().is_empty(), "a job started while paused");
+
+    let (status, body) = b
+        .call(Method::POST, "/api/v1/admin/queue/resume", Some(&admin), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for id in [&on_a, &on_b] {
+        let job = wait_for_end(&a, &tokens["alice"], id).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+    }
+    until("A to follow B's resume", WAIT, async || {
+        queue(&a, &admin).await["paused"] == false
+    })
+    .await;
     for server in servers {
         server.shut_down().await;
     }

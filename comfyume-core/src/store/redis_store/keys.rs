@@ -68,4 +68,9 @@ impl Keys {
     pub(super) fn held(&self) -> String {
         format!("{}held", self.prefix)
     }
+
+    /// Settings every server of the pool shares (a hash: `<name>` → text, `<name>:ver` → version).
+    pub(super) fn shared(&self) -> String {
+        format!("{}shared", self.prefix)
+    }
 }

@@ -196,6 +196,35 @@ impl RedisStore {
         Ok(Timestamp(secs.saturating_mul(1000).saturating_add(micros / 1000)))
     }
 
+    /// Stores `text` as the pool's shared setting `name` (for the servers of the pool to follow, such as
+    /// the instructor's standing overrides) and answers its new version, which grows with every write.
+    pub async fn put_shared(&self, name: &str, text: &str) -> Result<u64> {
+        let mut con = self.con.clone();
+        let key = self.keys.shared();
+        let (version,): (u64,) = ::redis::pipe()
+            .atomic()
+            .hset(&key, name, text)
+            .ignore()
+            .hincr(&key, format!("{name}:ver"), 1)
+            .query_async(&mut con)
+            .await
+            .map_err(store_err)?;
+        Ok(version)
+    }
+
+    /// The pool's shared setting `name` with its version, if one was ever stored.
+    pub async fn get_shared(&self, name: &str) -> Result<Option<(u64, String)>> {
+        let mut con = self.con.clone();
+        let (text, version): (Option<String>, Option<u64>) = ::redis::cmd("HMGET")
+            .arg(self.keys.shared())
+            .arg(name)
+            .arg(format!("{name}:ver"))
+            .query_async(&mut con)
+            .await
+            .map_err(store_err)?;
+        Ok(text.map(|text| (version.unwrap_or(0), text)))
+    }
+
     /// Deletes every key of this store's pool (tests and benches clean up with it).
     pub async fn delete_pool(&self) -> Result<()> {
         let mut con = self.con.clone();

@@ -136,3 +136,22 @@ async fn the_workflow_is_written_once_and_comes_back_whole_after_every_transitio
     assert!(!rec.contains("EmptyImage"), "{rec}");
     assert_eq!(serde_json::from_str::<serde_json::Value>(&wf).unwrap(), workflow);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_settings_are_versioned_and_seen_by_every_store_of_the_pool() {
+    let (a, _pool) = fresh();
+    let b = a.clone();
+    assert_eq!(a.get_shared("overrides").await.unwrap(), None);
+    assert_eq!(
+        a.put_shared("overrides", "{\"queue_paused\":true}")
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(a.put_shared("overrides", "{}").await.unwrap(), 2);
+    assert_eq!(
+        b.get_shared("overrides").await.unwrap(),
+        Some((2, "{}".to_owned()))
+    );
+    assert_eq!(b.get_shared("other").await.unwrap(), None);
+}
