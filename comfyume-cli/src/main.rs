@@ -12,6 +12,7 @@ mod dev;
 mod frontend;
 mod inputs;
 mod jobs;
+mod limits;
 mod load;
 mod loadtest;
 mod logging;

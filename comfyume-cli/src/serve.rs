@@ -239,6 +239,8 @@ pub fn url_of(addr: SocketAddr) -> String {
 /// `comfyume serve`.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config.load(args.listen)?;
+    // A thousand participants' event streams need more than the usual 1024 open files.
+    let files = crate::limits::raise_open_files();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -282,6 +284,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     for line in summary {
         println!("  {line}");
     }
+    println!("  files:     {}", crate::limits::describe(files));
     println!("  admin:     {}/admin/ (log in as an admin)", url_of(addr));
     println!("  Ctrl-C stops it; running jobs get their grace period.");
     comfyume_server::serve(listener, state, shutdown_signal())

@@ -63,6 +63,11 @@ pub struct LoadtestArgs {
     /// With --spawn: simulated execution time per job, in ms (`200`, or a range `100..300`).
     #[arg(long, value_name = "MS", default_value = "200")]
     pub exec_ms: ExecTime,
+    /// With --spawn: the share of jobs (0 to 1) the simulated workers fail with a node error, as a broken
+    /// workflow would (default 0; a soak's default 0.02), to check that every failure reaches its owner
+    /// with a reason.
+    #[arg(long, value_name = "SHARE", value_parser = share)]
+    pub failure_rate: Option<f64>,
     /// With --spawn: the job store, `sqlite` (the default, durable) or `memory`.
     #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "memory"])]
     pub store: String,
@@ -74,14 +79,18 @@ pub struct LoadtestArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub ws_churn: usize,
     /// A soak of this many minutes (with --spawn): every user submits --jobs jobs every
-    /// --burst-every seconds; a third of the way in one simulated worker is killed, two thirds of the
-    /// way in the server is killed (SIGKILL) and started again.
+    /// --burst-every seconds; a third of the way in one simulated worker is killed (and started again a
+    /// burst later), two thirds of the way in the server is killed (SIGKILL) and started again.
     #[arg(long, value_name = "MINUTES")]
     pub soak: Option<u64>,
     /// With --spawn: kill simulated worker 0 (like a crashed GPU box) this many seconds after the first
     /// submit (the soak's default: a third of the way in).
     #[arg(long, value_name = "SECS")]
     pub kill_worker_at: Option<f64>,
+    /// With --spawn: start the killed simulated worker 0 again this many seconds after the first submit
+    /// (the soak's default: one burst interval after it was killed).
+    #[arg(long, value_name = "SECS", requires = "kill_worker_at")]
+    pub restart_worker_at: Option<f64>,
     /// With --spawn: kill the server (SIGKILL) this many seconds after the first submit and start it
     /// again on the same data (the soak's default: two thirds of the way in).
     #[arg(long, value_name = "SECS")]
@@ -95,6 +104,14 @@ pub struct LoadtestArgs {
     /// Also write the figures as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+}
+
+/// A share from 0 to 1.
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("'{s}' is not a share from 0 to 1 (0.02 is 2%)")),
+    }
 }
 
 /// Milliseconds since the Unix epoch (the clock the server's event timestamps use).
@@ -155,6 +172,7 @@ async fn clients_for(url: &str, users: &[(String, String)]) -> anyhow::Result<Ve
 struct Schedule {
     bursts: Vec<(Duration, usize)>,
     kill_worker_at: Option<Duration>,
+    restart_worker_at: Option<Duration>,
     restart_at: Option<Duration>,
 }
 
@@ -163,6 +181,11 @@ fn schedule(args: &LoadtestArgs) -> Schedule {
     let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
     if let Some(at) = args.kill_worker_at {
         plan.kill_worker_at = Some(secs(at));
+        // A kill time of one's own does not inherit the soak's restart time.
+        plan.restart_worker_at = None;
+    }
+    if let Some(at) = args.restart_worker_at {
+        plan.restart_worker_at = Some(secs(at));
     }
     if let Some(at) = args.restart_server_at {
         plan.restart_at = Some(secs(at));
@@ -176,6 +199,7 @@ fn bursts(args: &LoadtestArgs) -> Schedule {
         None => Schedule {
             bursts: vec![(Duration::ZERO, jobs)],
             kill_worker_at: None,
+            restart_worker_at: None,
             restart_at: None,
         },
         Some(minutes) => {
@@ -187,9 +211,11 @@ fn bursts(args: &LoadtestArgs) -> Schedule {
                 bursts.push((at, jobs));
                 at += every;
             }
+            let kill = total / 3 + every / 2;
             Schedule {
                 bursts,
-                kill_worker_at: Some(total / 3 + every / 2),
+                kill_worker_at: Some(kill),
+                restart_worker_at: Some(kill + every.min(total / 6)),
                 restart_at: Some(total * 2 / 3 + every / 2),
             }
         }
@@ -291,6 +317,17 @@ fn summary(
     if !f.reasons.is_empty() {
         let _ = writeln!(s, "reasons seen: {}", counts(&f.reasons));
     }
+    let _ = writeln!(
+        s,
+        "explained:    {} of {} failed or cancelled jobs showed their owner a reason when asked (GET /api/v1/jobs/ID){}",
+        f.failed_or_cancelled - f.unexplained,
+        f.failed_or_cancelled,
+        if f.unexplained > 0 {
+            format!("; without one: {}", f.unexplained_ids.join(" "))
+        } else {
+            String::new()
+        }
+    );
     let _ = writeln!(
         s,
         "throughput:   {:.1} jobs/s ({:.1} s from the first submit to the last end)",
@@ -401,14 +438,20 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
             "--soak kills a worker and restarts the server: it needs --spawn",
         ));
     }
+    // Each user holds an event stream and HTTP connections: a thousand users need more than 1024 files.
+    crate::limits::raise_open_files();
     let plan = schedule(&args);
     let per_user: usize = plan.bursts.iter().map(|(_, n)| n).sum();
     let users = args.users as usize;
+    let failure_rate = args
+        .failure_rate
+        .unwrap_or(if args.soak.is_some() { 0.02 } else { 0.0 });
     let (mut spawned, url, admin_token, credentials) = if args.spawn {
         let options = SpawnOptions {
             users,
             workers: args.workers as usize,
             exec: args.exec_ms,
+            failure_rate,
             store: args.store.clone(),
             max_queued: per_user.max(100),
         };
@@ -440,10 +483,18 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
     let header = match &spawned {
         Some(s) => format!(
             "comfyume loadtest: {users} users × {per_user} jobs against a spawned `comfyume serve` at {url} (pid {}, {} store) \
-             with {} SIMULATED ComfyUI workers (no GPU: every job takes {exec} of simulated work)",
+             with {} SIMULATED ComfyUI workers (no GPU: every job takes {exec} of simulated work{})",
             s.pid().unwrap_or(0),
             args.store,
-            args.workers
+            args.workers,
+            if failure_rate > 0.0 {
+                format!(
+                    "; {:.1}% of jobs made to fail with a node error",
+                    failure_rate * 100.0
+                )
+            } else {
+                String::new()
+            }
         ),
         None => format!("comfyume loadtest: {users} users × {per_user} jobs against {url}"),
     };
@@ -477,6 +528,7 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
         .collect();
     let mut faults: Vec<(Duration, &str)> = Vec::new();
     faults.extend(plan.kill_worker_at.map(|t| (t, "kill-worker")));
+    faults.extend(plan.restart_worker_at.map(|t| (t, "restart-worker")));
     faults.extend(plan.restart_at.map(|t| (t, "restart")));
     faults.sort();
     let mut fault_log = Vec::new();
@@ -487,6 +539,15 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
                 s.kill_worker(0).await;
                 fault_log.push(format!(
                     "{:.0} s: killed simulated worker 0 ({} left)",
+                    at.as_secs_f64(),
+                    s.live_workers()
+                ));
+            } else if what == "restart-worker" {
+                s.restart_worker(0)
+                    .await
+                    .context("starting the killed simulated worker again")?;
+                fault_log.push(format!(
+                    "{:.0} s: started simulated worker 0 again ({} running)",
                     at.as_secs_f64(),
                     s.live_workers()
                 ));
@@ -556,8 +617,12 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
         s.stop().await;
     }
     let dup = duplicates.map_or(0, |d| d.len());
-    if figures.lost > 0 || dup > 0 {
-        bail!("{} jobs lost and {dup} duplicated", figures.lost);
+    if figures.lost > 0 || dup > 0 || figures.unexplained > 0 {
+        bail!(
+            "{} jobs lost, {dup} duplicated, {} failed without a reason shown to their owner",
+            figures.lost,
+            figures.unexplained
+        );
     }
     Ok(())
 }

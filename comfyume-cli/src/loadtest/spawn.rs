@@ -23,6 +23,8 @@ pub struct SpawnOptions {
     pub workers: usize,
     /// Their execution time per job.
     pub exec: ExecTime,
+    /// Share of jobs (0.0..=1.0) the simulated workers fail with a node error, as a broken workflow would.
+    pub failure_rate: f64,
     /// `sqlite` or `memory`.
     pub store: String,
     /// Most jobs one user may have waiting (the server's cap).
@@ -39,6 +41,9 @@ pub struct Spawned {
     /// (name, API token) of each participant.
     pub users: Vec<(String, String)>,
     workers: Vec<Option<SimWorker>>,
+    /// Each worker's address and root directory, kept so a killed worker can be started again in place.
+    places: Vec<(SocketAddr, PathBuf)>,
+    sim: SimConfig,
     /// What killed workers had started, read as they were killed.
     killed: Vec<Vec<String>>,
     child: Option<Child>,
@@ -61,17 +66,27 @@ impl Spawned {
     pub async fn start(options: &SpawnOptions) -> anyhow::Result<Self> {
         let sim = SimConfig {
             exec_time: options.exec,
+            failure_rate: options.failure_rate,
             cache: false,
             ..SimConfig::default()
         };
+        let dir = tempfile::Builder::new().prefix("comfyume-loadtest-").tempdir()?;
         let mut workers = Vec::new();
-        for _ in 0..options.workers {
-            let worker = SimWorker::start(sim.clone(), SocketAddr::from(([127, 0, 0, 1], 0)))
+        let mut places = Vec::new();
+        for i in 0..options.workers {
+            // Each worker's files live in the load test's directory, so a worker started again in
+            // place of a killed one finds the same folders.
+            let root = dir.path().join(format!("worker-{i}"));
+            let config = SimConfig {
+                output_dir: Some(root.clone()),
+                ..sim.clone()
+            };
+            let worker = SimWorker::start(config, SocketAddr::from(([127, 0, 0, 1], 0)))
                 .await
                 .context("starting a simulated worker")?;
+            places.push((worker.addr(), root));
             workers.push(worker);
         }
-        let dir = tempfile::Builder::new().prefix("comfyume-loadtest-").tempdir()?;
         let data = dir.path().join("data");
         // Low bcrypt cost: logins are not what is measured. API tokens are what the users send.
         let mut creds = Credentials::new().with_cost(4);
@@ -108,6 +123,8 @@ impl Spawned {
             admin_token,
             users,
             workers: workers.into_iter().map(Some).collect(),
+            places,
+            sim,
             killed: Vec::new(),
             child: None,
             url: String::new(),
@@ -162,6 +179,38 @@ impl Spawned {
             self.killed.push(worker.started_prompts());
             worker.kill().await;
         }
+    }
+
+    /// Starts simulated worker `i` again after [`Spawned::kill_worker`], on the same address and
+    /// folders, like a GPU box coming back: empty queue and history, nothing of the killed run kept.
+    pub async fn restart_worker(&mut self, i: usize) -> anyhow::Result<()> {
+        let (Some(slot), Some((addr, root))) = (self.workers.get_mut(i), self.places.get(i)) else {
+            anyhow::bail!("there is no simulated worker {i}");
+        };
+        if slot.is_some() {
+            return Ok(());
+        }
+        let config = SimConfig {
+            output_dir: Some(root.clone()),
+            ..self.sim.clone()
+        };
+        // The killed worker's port may take a moment to be free again.
+        let mut tries = 0;
+        let worker = loop {
+            match SimWorker::start(config.clone(), *addr).await {
+                Ok(w) => break w,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "restarting a simulated worker: trying again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("starting simulated worker {i} again on {addr}"));
+                }
+            }
+        };
+        *slot = Some(worker);
+        Ok(())
     }
 
     /// What every worker started (killed ones as they were killed), and what the killed ones had.

@@ -31,6 +31,9 @@ pub struct JobRecord {
     pub starts: u32,
     /// `retrying` events seen for it.
     pub retries: u32,
+    /// For a failed or cancelled job: whether its owner, asking the server for it afterwards, was shown
+    /// that state with a reason (None for other jobs).
+    pub reason_shown: Option<bool>,
 }
 
 impl JobRecord {
@@ -126,6 +129,12 @@ pub struct Figures {
     pub reasons: HashMap<String, usize>,
     /// Jobs retried after an infrastructure failure (a `retrying` event).
     pub retried: usize,
+    /// Failed or cancelled jobs.
+    pub failed_or_cancelled: usize,
+    /// Of those, jobs whose owner was not shown a reason when asking the server for them.
+    pub unexplained: usize,
+    /// Their ids (at most 20).
+    pub unexplained_ids: Vec<String>,
     /// Terminal jobs per second, from the first submit to the last end.
     pub throughput_per_s: f64,
     /// Wall time from the first submit to the last end, seconds.
@@ -177,6 +186,17 @@ pub fn figures(users: usize, jobs: &[JobRecord], refused: &[String]) -> Figures 
     }
     let lost = lost_ids.len();
     lost_ids.truncate(20);
+    let not_succeeded: Vec<&JobRecord> = jobs
+        .iter()
+        .filter(|j| matches!(j.state.as_deref(), Some("failed" | "cancelled")))
+        .collect();
+    let mut unexplained_ids: Vec<String> = not_succeeded
+        .iter()
+        .filter(|j| j.reason_shown != Some(true) || j.reason.as_deref().is_none_or(|r| r.trim().is_empty()))
+        .map(|j| j.id.clone())
+        .collect();
+    let unexplained = unexplained_ids.len();
+    unexplained_ids.truncate(20);
     let mut refused_count = HashMap::new();
     for r in refused {
         *refused_count.entry(r.clone()).or_insert(0) += 1;
@@ -231,6 +251,9 @@ pub fn figures(users: usize, jobs: &[JobRecord], refused: &[String]) -> Figures 
         lost_ids,
         reasons,
         retried: jobs.iter().filter(|j| j.retries > 0).count(),
+        failed_or_cancelled: not_succeeded.len(),
+        unexplained,
+        unexplained_ids,
         throughput_per_s: if span_s > 0.0 {
             terminal as f64 / span_s
         } else {
@@ -356,6 +379,32 @@ mod tests {
             f.throughput_per_s
         );
         assert_eq!(f.worst_p99_wait_ratio, Some(3.0));
+    }
+
+    #[test]
+    fn a_failure_counts_as_explained_only_when_its_owner_was_shown_a_reason() {
+        let failed = |id: &str, reason: Option<&str>, shown: Option<bool>| JobRecord {
+            id: id.into(),
+            state: Some("failed".into()),
+            reason: reason.map(String::from),
+            reason_shown: shown,
+            ..job(0, 0, 10, 20)
+        };
+        let jobs = vec![
+            job(0, 0, 0, 10),
+            failed(
+                "shown",
+                Some("node error in node 2 (SaveImage): disk full"),
+                Some(true),
+            ),
+            failed("not-asked", Some("node error"), None),
+            failed("hidden", Some("node error"), Some(false)),
+            failed("blank", Some("  "), Some(true)),
+        ];
+        let f = figures(1, &jobs, &[]);
+        assert_eq!(f.failed_or_cancelled, 4);
+        assert_eq!(f.unexplained, 3);
+        assert_eq!(f.unexplained_ids, vec!["not-asked", "hidden", "blank"]);
     }
 
     #[test]

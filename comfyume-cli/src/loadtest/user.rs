@@ -103,6 +103,35 @@ async fn reconcile(client: &Client, record: &mut JobRecord) {
     }
 }
 
+/// Asks the server, as the job's owner, for a job that failed or was cancelled, and records whether it
+/// shows that state with a reason a person can act on.
+async fn check_reason_shown(client: &Client, record: &mut JobRecord) {
+    if !matches!(record.state.as_deref(), Some("failed" | "cancelled")) {
+        return;
+    }
+    let Ok(id) = record.id.parse::<uuid::Uuid>() else {
+        record.reason_shown = Some(false);
+        return;
+    };
+    let mut shown = false;
+    for attempt in 0..5 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let Ok(view) = client.job(JobId(id)).await else {
+            continue;
+        };
+        let reason = match view.state.as_str() {
+            "failed" => view.failure.as_ref().map(|f| f.message.clone()),
+            "cancelled" => view.cancel_reason.clone(),
+            _ => None,
+        };
+        shown = reason.is_some_and(|r| !r.trim().is_empty());
+        break;
+    }
+    record.reason_shown = Some(shown);
+}
+
 async fn connect(client: &Client, until: Instant) -> Option<EventStream> {
     let mut backoff = Duration::from_millis(50);
     while Instant::now() < until {
@@ -249,6 +278,7 @@ pub async fn run(client: Client, user: usize, plan: Plan, start: Instant) -> Use
             if record.state.is_none() || record.started_ms.is_none() || record.created_ms.is_none() {
                 reconcile(&client, &mut record).await;
             }
+            check_reason_shown(&client, &mut record).await;
             outcome.jobs.push(record);
         }
     }
