@@ -12,10 +12,8 @@ const pid = process.env.SERVER_PID;
 const users = Number(process.env.USERS || 20);
 const loads = Number(process.env.LOADS || 10);
 const ready = () => window.app?.graph && document.querySelector('canvas') && !document.getElementById('splash-loader');
-const rssMb = () => {
-  const line = readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').find((l) => l.startsWith('VmRSS:'));
-  return Number(line.split(/\s+/)[1]) / 1024;
-};
+const status = (key) => readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').find((l) => l.startsWith(`${key}:`)).split(/\s+/)[1];
+const rssMb = () => Number(status('VmRSS')) / 1024;
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
@@ -47,9 +45,11 @@ try {
   }
   await new Promise((r) => setTimeout(r, 2000));
   const open = rssMb();
+  const threads = status('Threads');
   await screenshot(pages[pages.length - 1], 'figures-last-workspace');
   console.log(`server_rss_mb_idle: ${idle.toFixed(1)}`);
   console.log(`server_rss_mb_with_${users}_workspaces: ${open.toFixed(1)}`);
+  console.log(`server_threads_with_${users}_workspaces: ${threads}`);
 } finally {
   await browser.close();
 }

@@ -218,11 +218,24 @@ async fn the_startup_routes_answer_in_comfyui_shapes_and_unknown_routes_like_com
         info.as_object().unwrap().len()
     );
     assert_eq!(info["SaveImage"]["output_node"], true);
+    // A browser taking gzip gets the copy compressed once when the catalogue was kept: the same JSON.
+    let resp = ws
+        .request(Method::GET, Some("alice"), "/u/alice/api/object_info")
+        .header("accept-encoding", "gzip, deflate, br, zstd")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    let gz = resp.bytes().await.unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), info);
     let one = ws.get("alice", "/u/alice/api/object_info/EmptyImage").await;
     assert_eq!(
         one.as_object().unwrap().keys().collect::<Vec<_>>(),
         ["EmptyImage"]
     );
+    assert_eq!(one["EmptyImage"], info["EmptyImage"]);
     assert_eq!(
         ws.get("alice", "/u/alice/api/object_info/NoSuchNode").await,
         json!({})

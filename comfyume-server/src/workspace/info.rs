@@ -234,12 +234,42 @@ pub async fn none_by_that_name(_ws: Workspace) -> StatusCode {
     StatusCode::NOT_FOUND
 }
 
-/// The node catalogue as the workspaces are served it: its JSON text, its classes, when it was fetched.
+/// The node catalogue as the workspaces are served it, kept once for everyone as text only (a parsed
+/// copy of ComfyUI's catalogue is many times its 1.5 MB): the whole JSON, its gzip copy (compressed once,
+/// not per request) and each class's JSON, and when it was fetched.
 #[derive(Debug, Clone)]
 pub struct Catalogue {
     json: Bytes,
-    classes: std::sync::Arc<Map<String, Value>>,
+    gzip: Option<Bytes>,
+    classes: std::sync::Arc<std::collections::HashMap<String, Bytes>>,
     fetched: std::time::Instant,
+}
+
+impl Catalogue {
+    fn new(classes: &Map<String, Value>) -> Self {
+        let json = Bytes::from(serde_json::to_vec(classes).unwrap_or_default());
+        let gzip = gzip(&json).ok().map(Bytes::from);
+        let classes = classes
+            .iter()
+            .map(|(class, info)| {
+                let text = serde_json::to_vec(info).unwrap_or_default();
+                (class.clone(), Bytes::from(text))
+            })
+            .collect();
+        Catalogue {
+            json,
+            gzip,
+            classes: std::sync::Arc::new(classes),
+            fetched: std::time::Instant::now(),
+        }
+    }
+}
+
+fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(data)?;
+    encoder.finish()
 }
 
 /// How long a fetched catalogue is served before a provider is asked again.
@@ -256,12 +286,11 @@ async fn catalogue(state: &AppState, refresh: bool) -> Option<Catalogue> {
     let asked = tokio::time::timeout(std::time::Duration::from_secs(30), state.engine().object_info()).await;
     match asked {
         Ok(Some(Value::Object(classes))) if !classes.is_empty() => {
-            let json = Bytes::from(serde_json::to_vec(&classes).unwrap_or_default());
-            *kept = Some(Catalogue {
-                json,
-                classes: std::sync::Arc::new(classes),
-                fetched: std::time::Instant::now(),
-            });
+            let made = tokio::task::spawn_blocking(move || Catalogue::new(&classes)).await;
+            match made {
+                Ok(catalogue) => *kept = Some(catalogue),
+                Err(e) => tracing::error!(error = %e, "could not keep the node catalogue"),
+            }
         }
         _ => tracing::warn!(
             kept = kept.is_some(),
@@ -273,17 +302,36 @@ async fn catalogue(state: &AppState, refresh: bool) -> Option<Catalogue> {
 
 /// `GET /object_info[?refresh]`: the node catalogue of the providers, kept for five minutes (`refresh`
 /// asks again at once); the last good copy while providers are cold; 503 before any provider answered.
+/// Browsers that take gzip get the copy compressed when it was kept.
 pub async fn object_info(
     State(state): State<AppState>,
     _ws: Workspace,
+    headers: axum::http::HeaderMap,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Response {
+    use axum::http::header;
+    let takes_gzip = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|e| e.split(';').next().unwrap_or("").trim() == "gzip")
+        });
     match catalogue(&state, q.contains_key("refresh")).await {
-        Some(c) => (
-            [(axum::http::header::CONTENT_TYPE, "application/json; charset=utf-8")],
-            c.json,
-        )
-            .into_response(),
+        Some(c) => {
+            let json = [(header::CONTENT_TYPE, "application/json; charset=utf-8")];
+            match c.gzip {
+                Some(gz) if takes_gzip => (
+                    json,
+                    [(header::CONTENT_ENCODING, "gzip")],
+                    [(header::VARY, "accept-encoding")],
+                    gz,
+                )
+                    .into_response(),
+                _ => (json, [(header::VARY, "accept-encoding")], c.json).into_response(),
+            }
+        }
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"error": "no provider has answered with its node catalogue yet; try again when one is up"})),
@@ -297,13 +345,21 @@ pub async fn object_info_class(
     State(state): State<AppState>,
     _ws: Workspace,
     axum::extract::Path(params): axum::extract::Path<Vec<(String, String)>>,
-) -> Json<Value> {
+) -> Response {
     let class = param(&params, "class");
-    match catalogue(&state, false)
+    let info = catalogue(&state, false)
         .await
-        .and_then(|c| c.classes.get(class).cloned())
-    {
-        Some(info) => Json(json!({ class: info })),
-        None => Json(json!({})),
-    }
+        .and_then(|c| c.classes.get(class).cloned());
+    let body = match info {
+        Some(info) => {
+            let mut body = b"{".to_vec();
+            body.extend(serde_json::to_vec(class).unwrap_or_default());
+            body.push(b':');
+            body.extend_from_slice(&info);
+            body.push(b'}');
+            body
+        }
+        None => b"{}".to_vec(),
+    };
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
 }
