@@ -303,6 +303,23 @@ async fn bad_prompts_get_comfyuis_400_shapes_and_change_nothing() {
             "{answer}"
         );
     }
+    // Nested deeper than the server's JSON depth limit: refused before it is parsed, in the same shape.
+    let deep = format!(
+        r#"{{"prompt": {{"1": {{"class_type": "SaveImage", "inputs": {{"images": {}1{}}}}}}}}}"#,
+        "[".repeat(500),
+        "]".repeat(500)
+    );
+    let (status, _, answer) = ws
+        .call(Method::POST, "alice", "/u/alice/api/prompt", Some(&deep))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["error"]["type"], "invalid_prompt", "{answer}");
+    assert!(
+        answer["error"]["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("nested deeper than the limit")),
+        "{answer}"
+    );
     assert_eq!(
         ws.get("alice", "/u/alice/api/jobs").await["pagination"]["total"],
         0

@@ -50,9 +50,11 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
+use self::project::Projection;
 use self::queue::UserQueue;
 use crate::error::{Error, Result};
 use crate::job::{JobId, UserId};
@@ -271,6 +273,9 @@ pub struct Scheduler {
     /// The virtual time of the last job handed out.
     global_vt: f64,
     paused: bool,
+    /// The projected order, kept from the first lookup until the queue next changes, so that many
+    /// position lookups between two changes walk the queue once.
+    projection: OnceLock<Projection>,
 }
 
 impl Scheduler {
@@ -287,6 +292,7 @@ impl Scheduler {
             running: Map::default(),
             global_vt: 0.0,
             paused: false,
+            projection: OnceLock::new(),
         }
     }
 
@@ -301,6 +307,7 @@ impl Scheduler {
             return;
         }
         self.config.policy = policy;
+        self.changed();
         for ix in 0..self.users.len() {
             let user = &mut self.users[ix];
             let old: Vec<_> = user.queue.drain().collect();
@@ -525,6 +532,7 @@ impl Scheduler {
         };
         let old = (tier(policy, loc.priority), key.seq);
         loc.priority = priority;
+        self.projection.take();
         if loc.moved_to_front().is_none() {
             let user = &mut self.users[loc.user as usize];
             user.queue.remove(old, key.id);
@@ -549,6 +557,7 @@ impl Scheduler {
         }
         let ix = self.user_mut(user);
         self.users[ix as usize].weight = weight;
+        self.changed();
         Ok(())
     }
 
@@ -616,6 +625,15 @@ impl Scheduler {
         all
     }
 
+    /// The users paused by an admin (cheaper than [`Scheduler::users`] when only they are wanted).
+    pub fn paused_users(&self) -> Vec<UserId> {
+        self.users
+            .iter()
+            .filter(|u| u.paused)
+            .map(|u| u.id.clone())
+            .collect()
+    }
+
     fn stats_of(&self, u: &UserState) -> UserStats {
         UserStats {
             queued: u.queued(),
@@ -664,8 +682,14 @@ impl Scheduler {
         }
     }
 
+    /// Forgets the projected order: the queue changed.
+    fn changed(&mut self) {
+        self.projection.take();
+    }
+
     /// Puts the user's entry in the ready index in line with their state.
     fn refresh(&mut self, ix: UserIx) {
+        self.changed();
         let eligible = self.eligible(ix);
         let user = &self.users[ix as usize];
         let want = match (eligible, user.queue.first()) {

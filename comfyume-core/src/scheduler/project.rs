@@ -5,10 +5,20 @@ use std::collections::BTreeSet;
 use super::{JobKey, Map, Scheduler, UserIx, Vt};
 use crate::job::JobId;
 
+/// The whole projected order, and each job's place in it.
+#[derive(Debug, Default)]
+pub(super) struct Projection {
+    order: Vec<JobId>,
+    at: Map<JobId, usize>,
+}
+
 impl Scheduler {
     /// The projected dispatch order of the first `limit` waiting jobs, if every slot were free now and no
     /// other job arrived. Jobs of paused users are left out (they run only after a resume).
     pub fn order(&self, limit: usize) -> Vec<JobId> {
+        if let Some(p) = self.projection.get() {
+            return p.order.iter().take(limit).copied().collect();
+        }
         let mut out = Vec::new();
         self.project(|id| {
             out.push(id);
@@ -19,27 +29,27 @@ impl Scheduler {
 
     /// The projected 0-based position of a waiting job (see [`Scheduler::order`]); `None` if it is not
     /// waiting or its owner is paused.
+    ///
+    /// The first lookup after a change walks the whole queue (`O(n log users)`); later lookups, until the
+    /// queue changes again, are `O(1)`. Many clients asking for their jobs' places between two changes
+    /// therefore cost one walk, not one each.
     pub fn position(&self, key: JobKey) -> Option<usize> {
-        let loc = self.loc(key)?;
-        if self.users[loc.user as usize].paused {
-            return None;
-        }
-        let mut found = None;
-        let mut n = 0;
-        self.project(|next| {
-            if next == key.id {
-                found = Some(n);
-                return false;
-            }
-            n += 1;
-            true
+        self.loc(key)?;
+        let projection = self.projection.get_or_init(|| {
+            let mut p = Projection::default();
+            self.project(|id| {
+                p.at.insert(id, p.order.len());
+                p.order.push(id);
+                true
+            });
+            p
         });
-        found
+        projection.at.get(&key.id).copied()
     }
 
     /// Walks the projected order, calling `visit` for each job until it returns false. `O(k log users)`
     /// for the first `k` jobs.
-    fn project(&self, mut visit: impl FnMut(JobId) -> bool) {
+    pub(super) fn project(&self, mut visit: impl FnMut(JobId) -> bool) {
         let mut vt: Map<UserIx, f64> = Map::default();
         for key in self.front.values() {
             let Some(loc) = self.loc(*key) else { continue };

@@ -362,6 +362,7 @@ fn stats_report_what_each_user_has() {
     let alice = f.s.user_stats(&u("alice")).unwrap();
     assert_eq!((alice.queued, alice.running, alice.weight), (2, 1, 1.0));
     assert!(f.s.user_stats(&u("bob")).unwrap().paused);
+    assert_eq!(f.s.paused_users(), [u("bob")]);
     assert!(f.s.user_stats(&u("nobody")).is_none());
     let names: Vec<String> = f.s.users().into_iter().map(|(n, _)| n.to_string()).collect();
     assert_eq!(names, ["alice", "bob"]);
@@ -397,4 +398,48 @@ fn keys_must_match_the_waiting_job_and_seqs_are_unique() {
     assert!(!f.s.restore(clash));
     assert_eq!(f.s.queued_len(), 1);
     assert_eq!(f.s.pop().map(|j| j.id), Some(a));
+}
+
+#[test]
+fn positions_follow_every_change_after_a_lookup() {
+    let mut f = sched(Policy::Priority);
+    for i in 0..24u32 {
+        f.add(["a", "b", "c"][(i % 3) as usize], 0, f64::from(1 + i % 4));
+    }
+    // Each position must equal a fresh walk of the queue, however many lookups came before the change.
+    let check = |f: &Fixture, step: &str| {
+        let mut fresh = Vec::new();
+        f.s.project(|id| {
+            fresh.push(id);
+            true
+        });
+        for (id, seq) in &f.seqs {
+            let key = JobKey { id: *id, seq: *seq };
+            let want = fresh.iter().position(|x| x == id);
+            assert_eq!(f.s.position(key), want, "after {step}");
+        }
+        assert_eq!(f.s.order(usize::MAX), fresh, "after {step}");
+    };
+    check(&f, "the first lookups");
+    let ids: Vec<JobId> = f.s.order(usize::MAX);
+    let extra = f.add("d", 0, 1.0);
+    check(&f, "push");
+    let popped = f.s.pop().unwrap();
+    check(&f, "pop");
+    f.s.complete(popped.id, Some(30.0));
+    check(&f, "complete with a measured cost");
+    f.s.move_to_front(f.key(ids[20]));
+    check(&f, "move to front");
+    f.s.set_priority(f.key(ids[15]), 5);
+    check(&f, "priority");
+    f.s.set_user_weight(&u("b"), 4.0).unwrap();
+    check(&f, "weight");
+    f.s.pause_user(&u("c"));
+    check(&f, "pause");
+    f.s.resume_user(&u("c"));
+    check(&f, "resume");
+    f.s.remove(f.key(extra));
+    check(&f, "remove");
+    f.s.set_policy(Policy::Fifo);
+    check(&f, "policy");
 }

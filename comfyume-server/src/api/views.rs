@@ -219,15 +219,9 @@ impl EstimateBasis {
                 busy += p.in_flight.min(p.slots);
             }
         }
-        let (queue_paused, paused_users) = state.engine().read_scheduler(|s| {
-            let paused = s
-                .users()
-                .into_iter()
-                .filter(|(_, u)| u.paused)
-                .map(|(id, _)| id)
-                .collect();
-            (s.is_paused(), paused)
-        });
+        let (queue_paused, paused_users) = state
+            .engine()
+            .read_scheduler(|s| (s.is_paused(), s.paused_users().into_iter().collect()));
         Self {
             median_run_ms: state.metrics().median_run_ms(),
             total_slots: total,

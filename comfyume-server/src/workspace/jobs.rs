@@ -572,6 +572,11 @@ pub fn prompt_error(
 /// `number` and `front` are not honoured: the fair queue decides the order. `{"prompt_id", "number",
 /// "node_errors": {}}`.
 pub async fn post_prompt(State(state): State<AppState>, ws: Workspace, body: Bytes) -> Response {
+    let max_depth = state.config().max_json_depth;
+    if crate::extract::check_depth(&body, max_depth).is_err() {
+        let text = format!("the request body is nested deeper than the limit of {max_depth} levels");
+        return prompt_error("invalid_prompt", "Invalid prompt", &text, json!({}), json!({}));
+    }
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
