@@ -28,7 +28,7 @@ mod shared;
 mod tests;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -96,6 +96,9 @@ struct Running {
     /// Cancelled when the lease is found to be lost (reaped, taken over).
     lost: CancellationToken,
     reason: Arc<Mutex<String>>,
+    /// The run's lease, and when it lapses as last renewed (ms), for the reaper's own check.
+    lease: Lease,
+    expires_at: Arc<AtomicU64>,
 }
 
 struct Inner {
@@ -514,6 +517,8 @@ impl Inner {
             cancel: CancellationToken::new(),
             lost: CancellationToken::new(),
             reason: Arc::new(Mutex::new("cancelled".to_string())),
+            expires_at: Arc::new(AtomicU64::new(lease.expires_at.0)),
+            lease: lease.clone(),
         };
         let run = run::JobRun::new(Arc::clone(self), job, lease, provider, &running);
         lock(&self.running).insert(run.job_id(), running);
@@ -547,12 +552,47 @@ impl Inner {
 
     /// Returns jobs with expired leases to the queue (or dead-letters them) and tells everyone.
     async fn reap(&self) -> Result<()> {
+        self.renew_own_leases().await;
         let outcomes = self
             .store
             .reap_expired(self.clock.now(), self.config.max_stalls)
             .await?;
         self.reaped(outcomes);
         Ok(())
+    }
+
+    /// Renews the leases of this server's own live runs that would lapse before the reaper's next look.
+    ///
+    /// A lease exists to find the jobs of a server that died. When this server is alive but its heartbeats
+    /// come late (a store slowed down by a flood of submits, an overloaded machine), its own reaper must
+    /// not take its running jobs away and hand them out a second time: it renews them first, in order,
+    /// before it looks for lapsed leases.
+    async fn renew_own_leases(&self) {
+        let margin = self.config.reap_interval.saturating_mul(2);
+        let due_by = self
+            .clock
+            .now()
+            .0
+            .saturating_add(u64::try_from(margin.as_millis()).unwrap_or(u64::MAX));
+        let due: Vec<_> = lock(&self.running)
+            .values()
+            .filter(|r| r.expires_at.load(Ordering::SeqCst) <= due_by && !r.lost.is_cancelled())
+            .map(|r| {
+                (
+                    r.lease.clone(),
+                    Arc::clone(&r.expires_at),
+                    r.cancel.clone(),
+                    r.lost.clone(),
+                )
+            })
+            .collect();
+        for (lease, expires_at, cancel, lost) in due {
+            let renewed = self
+                .store
+                .heartbeat(&lease, self.config.lease_ttl, self.clock.now())
+                .await;
+            run::heard(renewed, &lease, &expires_at, &cancel, &lost);
+        }
     }
 
     /// Publishes what the reaper (or start-up recovery) did and puts requeued jobs back in line.

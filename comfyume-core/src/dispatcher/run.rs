@@ -1,5 +1,6 @@
 //! One attempt of one job on one provider, from lease to a recorded result.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -13,7 +14,7 @@ use crate::event::EventKind;
 use crate::job::{Failure, FailureKind, Job, JobId, Timestamp};
 use crate::provider::{InferenceProvider, ProviderError, ProviderEvent, ProviderEventStream};
 use crate::sink::OutputRef;
-use crate::store::Lease;
+use crate::store::{Lease, LeaseStatus};
 
 /// How an attempt ended, before it is recorded.
 enum Outcome {
@@ -35,6 +36,8 @@ pub(super) struct JobRun {
     cancel: CancellationToken,
     lost: CancellationToken,
     reason: Arc<Mutex<String>>,
+    /// When the lease lapses, as last renewed (ms).
+    expires_at: Arc<AtomicU64>,
     started_at: Option<Instant>,
 }
 
@@ -56,6 +59,7 @@ impl JobRun {
             cancel: running.cancel.clone(),
             lost: running.lost.clone(),
             reason: Arc::clone(&running.reason),
+            expires_at: Arc::clone(&running.expires_at),
             started_at: None,
         }
     }
@@ -68,6 +72,7 @@ impl JobRun {
         let _heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat_loop(
             Arc::clone(&self.inner),
             self.lease.clone(),
+            Arc::clone(&self.expires_at),
             self.cancel.clone(),
             self.lost.clone(),
         )));
@@ -382,24 +387,52 @@ impl JobRun {
 
 /// Renews the lease until the run ends (the task is aborted then); flags cancellation requested elsewhere
 /// and notices a lost lease.
-async fn heartbeat_loop(inner: Arc<Inner>, lease: Lease, cancel: CancellationToken, lost: CancellationToken) {
+async fn heartbeat_loop(
+    inner: Arc<Inner>,
+    lease: Lease,
+    expires_at: Arc<AtomicU64>,
+    cancel: CancellationToken,
+    lost: CancellationToken,
+) {
     let mut tick = tokio::time::interval(inner.config.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        match inner
+        let renewed = inner
             .store
             .heartbeat(&lease, inner.config.lease_ttl, inner.clock.now())
-            .await
-        {
-            Ok(status) if status.cancel_requested => cancel.cancel(),
-            Ok(_) => {}
-            Err(Error::StaleLease(_) | Error::NotFound(_) | Error::WrongState { .. }) => {
-                lost.cancel();
-                return;
+            .await;
+        if heard(renewed, &lease, &expires_at, &cancel, &lost) {
+            return;
+        }
+    }
+}
+
+/// Acts on the answer to a lease renewal: notes the new expiry, flags a cancellation asked for elsewhere,
+/// and cancels `lost` when the lease is gone. True when it is gone (renewing it again is pointless).
+pub(super) fn heard(
+    renewed: crate::Result<LeaseStatus>,
+    lease: &Lease,
+    expires_at: &AtomicU64,
+    cancel: &CancellationToken,
+    lost: &CancellationToken,
+) -> bool {
+    match renewed {
+        Ok(status) => {
+            expires_at.fetch_max(status.expires_at.0, Ordering::SeqCst);
+            if status.cancel_requested {
+                cancel.cancel();
             }
-            Err(e) => tracing::warn!(job = %lease.job_id, error = %e, "heartbeat failed; will try again"),
+            false
+        }
+        Err(Error::StaleLease(_) | Error::NotFound(_) | Error::WrongState { .. }) => {
+            lost.cancel();
+            true
+        }
+        Err(e) => {
+            tracing::warn!(job = %lease.job_id, error = %e, "heartbeat failed; will try again");
+            false
         }
     }
 }

@@ -203,6 +203,9 @@ fn config() -> DispatcherConfig {
 #[path = "shared_tests.rs"]
 mod shared;
 
+#[path = "renew_tests.rs"]
+mod renew;
+
 async fn harness(providers: Vec<Arc<dyn InferenceProvider>>, config: DispatcherConfig) -> Harness {
     harness_with_store(Arc::new(MemoryStore::new()), providers, config).await
 }
