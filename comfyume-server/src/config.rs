@@ -127,6 +127,9 @@ pub struct StoreSection {
     /// The pool in that Redis (backend `redis`; default `comfyume`): servers with the same pool serve one
     /// queue, other pools in the same Redis are separate.
     pub pool: Option<String>,
+    /// For a `rediss://` URL: a PEM file with the certificate of the (private) authority that signed the
+    /// Redis server's certificate. Without it the certificate must chain to a public root.
+    pub ca_file: Option<PathBuf>,
     /// `normal` or `full`.
     pub synchronous: SyncMode,
 }
@@ -360,6 +363,17 @@ impl ServerConfig {
                         "the redis backend needs the Redis's URL (redis://host:6379)".to_owned(),
                     ));
                 }
+            }
+            let tls = self
+                .store
+                .url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("rediss://"));
+            if self.store.ca_file.is_some() && !tls {
+                return Err(bad(
+                    "store.ca_file",
+                    "is only used with TLS: the url must start with rediss://".to_owned(),
+                ));
             }
         }
         let j = &self.jobs;
@@ -597,6 +611,12 @@ mod tests {
         };
         let err = load("[store]\nbackend = \"redis\"\n").unwrap_err();
         assert!(err.contains("store.url") && err.contains("redis://"), "{err}");
+        let err =
+            load("[store]\nbackend = \"redis\"\nurl = \"redis://h\"\nca_file = \"/ca.pem\"\n").unwrap_err();
+        assert!(
+            err.contains("store.ca_file") && err.contains("rediss://"),
+            "{err}"
+        );
         let err = load("[store]\nbackend = \"redis\"\nurl = \"http://x\"\n").unwrap_err();
         assert!(err.contains("store.url"), "{err}");
         let c =

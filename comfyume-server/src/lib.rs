@@ -96,6 +96,9 @@ pub async fn build_with_callbacks(
             if let Some(pool) = &config.store.pool {
                 options = options.with_pool(pool.clone());
             }
+            if let Some(ca_file) = &config.store.ca_file {
+                options = options.with_ca_file(ca_file.clone());
+            }
             let store = comfyume_core::RedisStore::connect(url, options)
                 .await
                 .map_err(|e| ServerError::Config(format!("the Redis job store: {e}")))?;

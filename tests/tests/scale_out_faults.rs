@@ -201,3 +201,40 @@ async fn wait_until_end(api: &Api, token: &str, id: &str) -> serde_json::Value {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Redis over TLS with a password, its certificate signed by a private CA (`[store] ca_file`): a server
+/// runs a job through it. Without the CA, or with a wrong password, the server refuses to start and says
+/// why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_uses_a_redis_that_takes_only_tls_and_a_password() {
+    let redis = PrivateRedis::start_tls("s3cret-pw").await;
+    let worker = sim(Duration::from_millis(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = redis_config(dir.path(), &redis.url());
+    config.store.ca_file = Some(redis.ca_file());
+    let tokens = shared_credentials(std::slice::from_ref(&config));
+
+    // The CA is not given: the certificate is not trusted.
+    let mut untrusted = config.clone();
+    untrusted.store.ca_file = None;
+    let refused = |config| async move {
+        match comfyume_server::build(config, Vec::new()).await {
+            Ok(_) => panic!("the server started"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let err = refused(untrusted).await;
+    assert!(err.contains("Redis"), "{err}");
+    // A wrong password.
+    let mut wrong = config.clone();
+    wrong.store.url = Some(redis.url().replace("s3cret-pw", "guess"));
+    let err = refused(wrong).await;
+    assert!(err.contains("Redis") && !err.contains("guess"), "{err}");
+
+    let server = Server::start(config, &[worker.base_url()]).await;
+    let api = Api::new(&server.url);
+    let id = api.submit(&tokens["alice"], &fixture("01_empty_save")).await;
+    let done = wait_for_end(&api, &tokens["alice"], &id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    server.shut_down().await;
+}

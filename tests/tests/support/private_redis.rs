@@ -11,6 +11,8 @@ pub struct PrivateRedis {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// TLS only, with this password (`start_tls`).
+    tls_password: Option<String>,
 }
 
 impl PrivateRedis {
@@ -24,14 +26,100 @@ impl PrivateRedis {
             port,
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            tls_password: None,
         };
         redis.run().await;
         redis
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// Starts one that takes only TLS connections (a certificate signed by a CA of its own, made with
+    /// `openssl`: [`PrivateRedis::ca_file`]) and the password `password`.
+    pub async fn start_tls(password: &str) -> PrivateRedis {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let mut redis = PrivateRedis {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            tls_password: Some(password.to_owned()),
+        };
+        redis.make_certificates();
+        redis.run().await;
+        redis
+    }
+
+    /// `redis://127.0.0.1:<port>`, or `rediss://:<password>@127.0.0.1:<port>` for a TLS one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.tls_password {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(password) => format!("rediss://:{password}@127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The PEM certificate of the CA that signed a TLS one's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    fn make_certificates(&self) {
+        let dir = self.dir.path();
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+        let steps: [&[&str]; 3] = [
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-subj",
+                "/CN=comfyume test CA",
+                "-days",
+                "2",
+            ],
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "redis.key",
+                "-out",
+                "redis.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "redis.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "redis.crt",
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+            ],
+        ];
+        for args in steps {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl is installed (.ci/install-test-deps installs it)");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        }
     }
 
     /// Its data directory (the append-only file lives there).
@@ -40,15 +128,24 @@ impl PrivateRedis {
     }
 
     async fn run(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
+        let mut command = Command::new("redis-server");
+        match &self.tls_password {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some(password) => {
+                let dir = self.dir.path();
+                command
+                    .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(dir.join("redis.crt"))
+                    .arg("--tls-key-file")
+                    .arg(dir.join("redis.key"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(dir.join("ca.crt"))
+                    .args(["--tls-auth-clients", "no", "--requirepass", password])
+            }
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -72,7 +169,10 @@ impl PrivateRedis {
     }
 
     async fn answers(&self) -> bool {
-        let options = comfyume_core::RedisOptions::default();
+        let mut options = comfyume_core::RedisOptions::default();
+        if self.tls_password.is_some() {
+            options = options.with_ca_file(self.ca_file());
+        }
         comfyume_core::RedisStore::connect(&self.url(), options)
             .await
             .is_ok()

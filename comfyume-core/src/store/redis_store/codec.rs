@@ -3,28 +3,43 @@
 use super::*;
 
 /// The record as it is written to Redis.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 pub(super) struct Stored {
     job: Job,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     lease: Option<StoredLease>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 pub(super) struct StoredLease {
     token: Uuid,
     holder: String,
     expires_at: Timestamp,
 }
 
+/// The record as it is written, borrowed (the same JSON as [`Stored`], without copying the job).
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    job: &'a Job,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<StoredLeaseRef<'a>>,
+}
+
+#[derive(Serialize)]
+struct StoredLeaseRef<'a> {
+    token: Uuid,
+    holder: &'a str,
+    expires_at: Timestamp,
+}
+
 /// The record as JSON. The job's workflow is stored once, apart (see [`encode_workflow`]): callers take it
 /// out of the record first (see `RedisStore::modify`), so a transition never rewrites it.
 pub(super) fn encode(record: &Record) -> Result<String> {
-    let stored = Stored {
-        job: record.job.clone(),
-        lease: record.lease.as_ref().map(|l| StoredLease {
+    let stored = StoredRef {
+        job: &record.job,
+        lease: record.lease.as_ref().map(|l| StoredLeaseRef {
             token: l.token,
-            holder: l.holder.clone(),
+            holder: &l.holder,
             expires_at: l.expires_at,
         }),
     };

@@ -13,12 +13,14 @@ use super::*;
 use crate::error::Error;
 use crate::scheduler::JobKey;
 
+mod cache;
 mod codec;
 mod keys;
 mod relay;
 #[cfg(test)]
 mod tests;
 
+use cache::{Cached, RecordCache};
 use codec::{decode, encode, encode_workflow, evicts, from_value, index_of, info_field, parse_ids};
 use keys::Keys;
 
@@ -37,6 +39,9 @@ pub struct RedisOptions {
     pub response_timeout: Duration,
     /// How long connecting (and reconnecting) may take.
     pub connect_timeout: Duration,
+    /// For `rediss://`: a PEM file with the certificate of the authority that signed the Redis server's
+    /// certificate (a private CA). Without it, the server's certificate must chain to a public root.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RedisOptions {
@@ -45,6 +50,7 @@ impl Default for RedisOptions {
             pool: "comfyume".to_owned(),
             response_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            ca_file: None,
         }
     }
 }
@@ -53,6 +59,12 @@ impl RedisOptions {
     /// These options with another pool name.
     pub fn with_pool(mut self, pool: impl Into<String>) -> Self {
         self.pool = pool.into();
+        self
+    }
+
+    /// These options trusting the certificate authority in the PEM file `path` for `rediss://`.
+    pub fn with_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
         self
     }
 }
@@ -73,13 +85,19 @@ impl RedisOptions {
 ///
 /// # Atomicity
 ///
-/// The state rules are the same Rust code every store applies (the store module's `Record`): a call reads the job's record
-/// and version, applies the transition, and writes the new record with a Lua script that checks, inside
-/// Redis, that the version is still the one read (compare-and-swap) and moves the job between the
-/// indexes in the same step. When another server changed the job meanwhile, nothing is written and the
-/// call starts over from the fresh record; so a transition happens whole or not at all, and two servers
-/// claiming one job get exactly one winner. Enqueueing is one script (the id check, the number, the
-/// record and the indexes together).
+/// The state rules are the same Rust code every store applies (the store module's `Record`): a call takes
+/// the job's record and version, applies the transition, and writes the new record with a Lua script that
+/// checks, inside Redis, that the version is still the one it started from (compare-and-swap) and moves
+/// the job between the indexes in the same step. When another server changed the job meanwhile, nothing
+/// is written, the script answers with the current record and the call decides again on it; so a
+/// transition happens whole or not at all, and two servers claiming one job get exactly one winner.
+/// Enqueueing is one script (the id check, the number, the record and the indexes together).
+///
+/// The record a call starts from is the one this store last wrote or read for the job, when it still
+/// holds it (a bounded cache), so the usual transition — a job claimed, run and completed by the server
+/// that queued it — is one round trip: a full lifecycle is three. A transition that would refuse or write
+/// nothing on a cached record is decided again on a fresh read before anyone hears of it; a stale entry
+/// therefore costs a round trip, never a wrong answer.
 ///
 /// The scripts are loaded when the store connects and again whenever Redis answers `NOSCRIPT` (after a
 /// restart or `SCRIPT FLUSH`); the connection reconnects by itself.
@@ -104,6 +122,7 @@ pub struct RedisStore {
     keys: Keys,
     enqueue: Script,
     swap: Script,
+    cache: RecordCache,
 }
 
 impl fmt::Debug for RedisStore {
@@ -121,14 +140,33 @@ fn store_err(e: ::redis::RedisError) -> Error {
 
 impl RedisStore {
     /// Connects to the Redis at `url` (`redis://[user:password@]host[:port][/db]`, or `rediss://` for
-    /// TLS), checks that it will not evict jobs and loads the scripts.
+    /// TLS, with [`RedisOptions::ca_file`] for a private CA), checks that it will not evict jobs and loads
+    /// the scripts.
     ///
-    /// Fails with [`Error::Store`] when Redis cannot be reached, and with [`Error::InvalidInput`] when
-    /// the URL is malformed, the pool name is unusable, or Redis's `maxmemory-policy` may evict keys.
+    /// Fails with [`Error::Store`] when Redis cannot be reached (or refuses the password, or its
+    /// certificate), and with [`Error::InvalidInput`] when the URL is malformed, the CA file unreadable,
+    /// the pool name is unusable, or Redis's `maxmemory-policy` may evict keys.
     pub async fn connect(url: &str, options: RedisOptions) -> Result<Self> {
         let keys = Keys::new(&options.pool)?;
-        let client = ::redis::Client::open(url)
-            .map_err(|e| Error::InvalidInput(format!("the Redis URL is not usable: {e}")))?;
+        let client = match &options.ca_file {
+            None => ::redis::Client::open(url),
+            Some(_) if !url.starts_with("rediss://") => {
+                return Err(Error::InvalidInput(
+                    "a CA file is only used with TLS: the Redis URL must start with rediss://".into(),
+                ));
+            }
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    Error::InvalidInput(format!("cannot read the Redis CA file {}: {e}", path.display()))
+                })?;
+                let certificates = ::redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                ::redis::Client::build_with_tls(url, certificates)
+            }
+        }
+        .map_err(|e| Error::InvalidInput(format!("the Redis URL is not usable: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.response_timeout))
@@ -144,6 +182,7 @@ impl RedisStore {
             keys,
             enqueue: Script::new(include_str!("enqueue.lua")),
             swap: Script::new(include_str!("swap.lua")),
+            cache: RecordCache::default(),
         };
         store.check_server().await?;
         let mut con = store.con.clone();
@@ -250,8 +289,8 @@ impl RedisStore {
         }
     }
 
-    /// The record of `id` with its version, if the job exists.
-    async fn read(&self, id: JobId) -> Result<Option<(u64, Record)>> {
+    /// The record of `id` with its version and the size of its stored workflow, if the job exists.
+    async fn read(&self, id: JobId) -> Result<Option<(u64, Record, usize)>> {
         let mut con = self.con.clone();
         type Row = (Option<u64>, Option<u64>, Option<String>, Option<String>);
         let (ver, seq, rec, wf): Row = ::redis::cmd("HMGET")
@@ -264,9 +303,24 @@ impl RedisStore {
             .await
             .map_err(store_err)?;
         match (ver, seq, rec) {
-            (Some(ver), Some(seq), Some(rec)) => Ok(Some((ver, decode(id, seq, &rec, wf.as_deref())?))),
+            (Some(ver), Some(seq), Some(rec)) => {
+                let size = wf.as_ref().map_or(0, String::len);
+                Ok(Some((ver, decode(id, seq, &rec, wf.as_deref())?, size)))
+            }
             _ => Ok(None),
         }
+    }
+
+    /// The job `id` read afresh, as a cache entry.
+    async fn read_entry(&self, id: JobId) -> Result<Cached> {
+        let (ver, mut record, size) = self.read(id).await?.ok_or(Error::NotFound(id))?;
+        let workflow = std::mem::take(&mut record.job.spec.workflow);
+        Ok(Cached {
+            ver,
+            record,
+            workflow,
+            size,
+        })
     }
 
     /// The jobs of `ids` that exist, in the order given (one round trip per [`BATCH`]).
@@ -293,42 +347,80 @@ impl RedisStore {
         Ok(records)
     }
 
-    /// Applies `change` to the record of `id` and writes it back atomically, starting over when another
-    /// writer got there first. `change` returns `Ok(None)` to leave the record unwritten (nothing to do).
-    /// The workflow is not rewritten: it was stored once at enqueue, and `change` sees the record
-    /// without it (no transition depends on it).
+    /// Applies `change` to the record of `id` and writes it back atomically, deciding again on the current
+    /// record when another writer got there first. `change` returns `Ok(None)` to leave the record unwritten
+    /// (nothing to do). The workflow is not rewritten: it was stored once at enqueue, and `change` sees the
+    /// record without it (no transition depends on it).
     async fn modify<T>(
         &self,
         id: JobId,
         mut change: impl FnMut(&mut Record) -> Result<Option<T>>,
     ) -> Result<Option<(T, Job)>> {
         let mut con = self.con.clone();
+        let (mut known, mut fresh) = match self.cache.take(id) {
+            Some(entry) => (entry, false),
+            None => (self.read_entry(id).await?, true),
+        };
         loop {
-            let (ver, mut record) = self.read(id).await?.ok_or(Error::NotFound(id))?;
-            let workflow = std::mem::take(&mut record.job.spec.workflow);
-            let Some(out) = change(&mut record)? else {
-                return Ok(None);
+            let mut next = known.record.clone();
+            let out = match change(&mut next) {
+                Ok(Some(out)) => out,
+                // A refusal or a no-op decided on a cached record may be out of date: decide on Redis's.
+                _ if !fresh => {
+                    known = self.read_entry(id).await?;
+                    fresh = true;
+                    continue;
+                }
+                Ok(None) => {
+                    self.cache.put(id, known);
+                    return Ok(None);
+                }
+                Err(e) => {
+                    self.cache.put(id, known);
+                    return Err(e);
+                }
             };
-            let (index, score) = index_of(&record);
-            let written: u64 = self
+            let (index, score) = index_of(&next);
+            let answer: Vec<::redis::Value> = self
                 .swap
                 .key(self.keys.job(id))
                 .key(self.keys.queued())
                 .key(self.keys.held())
                 .arg(id.to_string())
-                .arg(ver)
-                .arg(encode(&record)?)
+                .arg(known.ver)
+                .arg(encode(&next)?)
                 .arg(index)
                 .arg(score)
                 .invoke_async(&mut con)
                 .await
                 .map_err(store_err)?;
-            if written != 0 {
-                record.job.spec.workflow = workflow;
-                return Ok(Some((out, record.job)));
+            match answer.as_slice() {
+                [written, ver] if from_value::<i64>(written)? == 1 => {
+                    let mut job = next.job.clone();
+                    job.spec.workflow = known.workflow.clone();
+                    let entry = Cached {
+                        ver: from_value(ver)?,
+                        record: next,
+                        ..known
+                    };
+                    self.cache.put(id, entry);
+                    return Ok(Some((out, job)));
+                }
+                // Another server changed the job since: decide again on its news, as Redis has it now.
+                [_, ver, seq, rec] => {
+                    let seq: u64 = from_value(seq)?;
+                    let rec: String = from_value(rec)?;
+                    known.ver = from_value(ver)?;
+                    known.record = decode(id, seq, &rec, None)?;
+                    fresh = true;
+                }
+                [gone] if from_value::<i64>(gone)? == -1 => return Err(Error::NotFound(id)),
+                other => {
+                    return Err(Error::Store(format!(
+                        "redis: unexpected answer {other:?} to a job's update"
+                    )));
+                }
             }
-            // Another server changed the job between the read and the write: decide again on its news.
-            tokio::task::yield_now().await;
         }
     }
 
@@ -380,6 +472,7 @@ impl JobStore for RedisStore {
         let owner = spec.owner.clone();
         let mut record = Record::new(id, spec, 0, now);
         let workflow = std::mem::take(&mut record.job.spec.workflow);
+        let encoded_workflow = encode_workflow(&workflow)?;
         let mut con = self.con.clone();
         let answer: Vec<::redis::Value> = self
             .enqueue
@@ -390,7 +483,7 @@ impl JobStore for RedisStore {
             .key(self.keys.owner(&owner))
             .arg(id.to_string())
             .arg(encode(&record)?)
-            .arg(encode_workflow(&workflow)?)
+            .arg(&encoded_workflow)
             .invoke_async(&mut con)
             .await
             .map_err(store_err)?;
@@ -416,9 +509,16 @@ impl JobStore for RedisStore {
             }
         };
         if created == 1 {
-            let mut job = record.job;
-            job.seq = seq;
-            job.spec.workflow = workflow;
+            record.job.seq = seq;
+            let mut job = record.job.clone();
+            job.spec.workflow = workflow.clone();
+            let entry = Cached {
+                ver: 1,
+                record,
+                workflow,
+                size: encoded_workflow.len(),
+            };
+            self.cache.put(id, entry);
             return Ok((job, true));
         }
         let existing = existing.ok_or_else(|| Error::Store(format!("job {id} exists without its record")))?;
@@ -431,7 +531,7 @@ impl JobStore for RedisStore {
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Job>> {
-        Ok(self.read(id).await?.map(|(_, r)| r.job))
+        Ok(self.read(id).await?.map(|(_, r, _)| r.job))
     }
 
     async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>> {

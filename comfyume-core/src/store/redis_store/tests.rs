@@ -155,3 +155,60 @@ async fn shared_settings_are_versioned_and_seen_by_every_store_of_the_pool() {
     );
     assert_eq!(b.get_shared("other").await.unwrap(), None);
 }
+
+/// Another store on the same pool, as a second server would connect: its own connection and its own cache.
+async fn second_server(store: &RedisStore) -> RedisStore {
+    let prefix = store.keys.prefix();
+    let pool = &prefix[prefix.find('{').unwrap() + 1..prefix.find('}').unwrap()];
+    RedisStore::connect(&test_url(), RedisOptions::default().with_pool(pool))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_whose_cached_record_is_out_of_date_decides_on_redis_record() {
+    let (a, _pool) = fresh();
+    let b = second_server(&a).await;
+    let ttl = Duration::from_secs(10);
+    let owner = UserId::new("alice").unwrap();
+    let spec = || JobSpec::new(owner.clone(), serde_json::json!({"1": {"class_type": "X"}}));
+
+    // A queued the job (and keeps its record); B claims it. A's claim, decided on A's queued copy, must
+    // lose the compare-and-swap and then be refused on the record Redis holds.
+    let (job, _) = a.enqueue(spec(), Timestamp(1_000)).await.unwrap();
+    let (_, lease_b) = b.claim(job.id, "b", "gpu", ttl, Timestamp(1_001)).await.unwrap();
+    assert!(a.claim(job.id, "a", "gpu", ttl, Timestamp(1_002)).await.is_err());
+    let stored = b.get(job.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, JobState::Leased);
+    let long = Duration::from_secs(60);
+    let renewed = b.heartbeat(&lease_b, long, Timestamp(1_003)).await.unwrap();
+    assert_eq!(renewed.expires_at, Timestamp(61_003));
+
+    // A claims a second job, its lease lapses and B's reaper puts it back in the queue. A's copy still
+    // says "leased by A", on which a new claim would be refused: the refusal must be checked on Redis's
+    // record, where the job waits again, and the claim succeed.
+    let (other, _) = a.enqueue(spec(), Timestamp(2_000)).await.unwrap();
+    let (_, lease_a) = a
+        .claim(other.id, "a", "gpu", ttl, Timestamp(2_001))
+        .await
+        .unwrap();
+    let reaped = b.reap_expired(Timestamp(20_000), 3).await.unwrap();
+    assert_eq!(reaped.len(), 1, "{reaped:?}");
+    assert_eq!(b.get(other.id).await.unwrap().unwrap().state, JobState::Queued);
+    let (again, lease_a2) = a
+        .claim(other.id, "a", "gpu", ttl, Timestamp(20_001))
+        .await
+        .unwrap();
+    assert_eq!(again.state, JobState::Leased);
+    assert_eq!(again.spec.workflow, serde_json::json!({"1": {"class_type": "X"}}));
+    // The lapsed lease is refused, the new one holds, and the job completes once.
+    assert!(a.heartbeat(&lease_a, ttl, Timestamp(20_002)).await.is_err());
+    let done = a
+        .complete(&lease_a2, Vec::new(), Timestamp(20_003))
+        .await
+        .unwrap();
+    assert_eq!(done.state, JobState::Succeeded);
+    assert!(b.complete(&lease_a, Vec::new(), Timestamp(20_004)).await.is_err());
+    // Ended jobs are not kept in the cache.
+    assert_eq!(a.cache.len(), 1, "only the job B holds is still known to A");
+}
