@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use clap::{Args, Subcommand};
 use comfyume_server::auth::credentials::Credentials;
-use comfyume_server::config::{ProviderSection, ServerConfig, StoreBackend};
+use comfyume_server::config::{ProviderSection, ServerConfig, StoreBackend, VerdaModeName};
 
 use crate::settings::ConfigArgs;
 
@@ -135,14 +135,16 @@ pub fn summary(c: &ServerConfig) -> Vec<String> {
             verda @ ProviderSection::Verda {
                 name,
                 output_dir,
+                mode,
                 max_replicas,
                 concurrency,
                 cold_start_timeout_secs,
                 ..
             } => {
-                let mode = match output_dir {
-                    Some(dir) => format!("shared directory {}", dir.display()),
-                    None => "async inference to a comfyume agent".to_string(),
+                let mode = match (mode, output_dir) {
+                    (VerdaModeName::Async, _) => "async inference to a comfyume agent".to_string(),
+                    (_, Some(dir)) => format!("shared directory {}", dir.display()),
+                    (_, None) => "shared directory (none given)".to_string(),
                 };
                 lines.push(format!(
                     "provider:    {name}: Verda {} ({mode}), {} slot(s) = {max_replicas} replica(s) x {concurrency}",

@@ -147,7 +147,8 @@ impl Progress {
                 self.status(format!("dispatched to {provider} (attempt {attempt})"))
             }
             EventKind::Dispatched { provider, .. } => self.status(format!("dispatched to {provider}")),
-            EventKind::Waiting { message } => self.status(format!("waiting for a GPU to start: {message}")),
+            // The provider's message already says what it waits for ("waiting for a GPU to start").
+            EventKind::Waiting { message } => self.status(message.clone()),
             EventKind::Started => self.status("running".into()),
             EventKind::Executing { node } => {
                 self.node = Some(node.clone());

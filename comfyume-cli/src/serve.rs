@@ -95,6 +95,14 @@ pub async fn providers(
                     .ok_or_else(|| Fail::usage(format!("provider '{name}' has no deployment or url")))?;
                 let key = api_key(&section, name)?;
                 let verda_mode = match (mode, output_dir) {
+                    (VerdaModeName::SharedDir, Some(dir)) if !dir.is_dir() => {
+                        // Without the share every job would run to the execution timeout unseen.
+                        return Err(Fail::usage(format!(
+                            "provider '{name}': output_dir {} is not a directory here; mount the deployment's \
+                             shared output directory there (shared_dir mode reads the jobs' files from it)",
+                            dir.display()
+                        )));
+                    }
                     (VerdaModeName::SharedDir, Some(dir)) => VerdaMode::SharedDir(SharedDirConfig {
                         scan_interval: Duration::from_millis(scan_interval_ms),
                         settle: Duration::from_millis(settle_ms),

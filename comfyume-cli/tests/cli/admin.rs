@@ -174,4 +174,51 @@ async fn config_check_names_the_bad_key_and_the_file() {
         run.stderr.contains("nope.toml") && run.stderr.contains("not found"),
         "{run:?}"
     );
+
+    // A Verda deployment in shared-directory mode whose share is not mounted here: `serve` refuses to start
+    // (every job would otherwise run to its execution timeout unseen); `config check` names the mode.
+    let verda = dir.path().join("verda.toml");
+    let absent = dir.path().join("not-mounted").display().to_string();
+    std::fs::write(
+        &verda,
+        format!(
+            "[[providers]]\nkind = \"verda\"\nname = \"verda-a\"\nurl = \"http://127.0.0.1:9\"\n\
+             api_key_env = \"COMFYUME_TEST_NO_SUCH_KEY\"\noutput_dir = \"{absent}\"\n\n\
+             [[providers]]\nkind = \"verda\"\nname = \"verda-b\"\nurl = \"http://127.0.0.1:9\"\n\
+             mode = \"async\"\noutput_dir = \"{absent}\"\n"
+        ),
+    )
+    .unwrap();
+    let verda = verda.display().to_string();
+    let run = comfyume(
+        &["config", "check", "--config", &verda, "--data-dir", &data],
+        &[],
+        None,
+    )
+    .await
+    .expect(0);
+    assert!(
+        run.stdout.contains("(shared directory ")
+            && run.stdout.contains("(async inference to a comfyume agent)"),
+        "{run:?}"
+    );
+    let run = comfyume(
+        &[
+            "serve",
+            "--config",
+            &verda,
+            "--data-dir",
+            &data,
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[("COMFYUME_TEST_NO_SUCH_KEY", "k")],
+        None,
+    )
+    .await
+    .expect(USAGE);
+    assert!(
+        run.stderr.contains("verda-a") && run.stderr.contains("is not a directory here"),
+        "{run:?}"
+    );
 }
