@@ -110,16 +110,34 @@ async fn main() {
         .unwrap_or(5);
     let run = Duration::from_secs(secs);
     println!("redis_store: {url}, {secs} s per case");
-    println!("raw: redis-benchmark -t lpush -c 50 -P 1: {}", raw_lpush(&url));
+    let before = raw_lpush(&url);
+    println!("raw: redis-benchmark -t lpush -c 50 -P 1: {before}");
+    let mut tiny_50 = None;
     for (name, workflow) in [("tiny", tiny()), ("200KB", large())] {
         let size = serde_json::to_vec(&workflow).map(|v| v.len()).unwrap_or(0);
         for claimers in [1, 50] {
             let rate = lifecycles(&url, claimers, workflow.clone(), run).await;
             println!("lifecycles/s  workflow {name} ({size} bytes)  claimers {claimers:>2}: {rate:>9.0}");
+            if name == "tiny" && claimers == 50 {
+                tiny_50 = Some(rate);
+            }
         }
     }
-    println!(
-        "raw: redis-benchmark -t lpush -c 50 -P 1 (after): {}",
-        raw_lpush(&url)
-    );
+    let after = raw_lpush(&url);
+    println!("raw: redis-benchmark -t lpush -c 50 -P 1 (after): {after}");
+    if let (Some(rate), Some(b), Some(a)) =
+        (tiny_50, requests_per_second(&before), requests_per_second(&after))
+    {
+        let raw = (a + b) / 2.0;
+        println!(
+            "tiny lifecycles/s with 50 claimers as a share of the raw rate (mean of before and after, {raw:.0}/s): \
+             {:.1}%",
+            100.0 * rate / raw
+        );
+    }
+}
+
+/// The requests per second in a `redis-benchmark -q` line (`LPUSH: 86244.07 requests per second, …`).
+fn requests_per_second(line: &str) -> Option<f64> {
+    line.split_once(':')?.1.split_whitespace().next()?.parse().ok()
 }
