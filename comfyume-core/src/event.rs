@@ -4,6 +4,8 @@
 //! progress bar. Subscribers filter by [`JobEvent::owner`]: an event never needs to be looked up to
 //! know whom it belongs to.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -139,11 +141,14 @@ impl EventKind {
 
 /// A broadcast bus of [`JobEvent`]s. Cheap to clone; a slow subscriber lags (and is told so by
 /// `RecvError::Lagged`) instead of slowing the engine.
+///
+/// Events are shared, not copied: every subscriber receives the same [`Arc`], so a server with a thousand
+/// event streams open pays for one event, not a thousand copies of it.
 #[derive(Clone, Debug)]
 pub struct EventBus {
-    tx: broadcast::Sender<JobEvent>,
+    tx: broadcast::Sender<Arc<JobEvent>>,
     /// The events published here, without those relayed from other servers.
-    local: broadcast::Sender<JobEvent>,
+    local: broadcast::Sender<Arc<JobEvent>>,
 }
 
 impl EventBus {
@@ -156,8 +161,9 @@ impl EventBus {
 
     /// Sends an event to every current subscriber (none is fine).
     pub fn publish(&self, event: JobEvent) {
+        let event = Arc::new(event);
         if self.local.receiver_count() > 0 {
-            let _ = self.local.send(event.clone());
+            let _ = self.local.send(Arc::clone(&event));
         }
         let _ = self.tx.send(event);
     }
@@ -165,16 +171,16 @@ impl EventBus {
     /// Delivers an event another server published (relayed through a shared store) to the subscribers
     /// of [`EventBus::subscribe`], not to those of [`EventBus::subscribe_local`].
     pub fn publish_relayed(&self, event: JobEvent) {
-        let _ = self.tx.send(event);
+        let _ = self.tx.send(Arc::new(event));
     }
 
     /// A receiver of the events published on this server from now on (what a relay sends to the others).
-    pub fn subscribe_local(&self) -> broadcast::Receiver<JobEvent> {
+    pub fn subscribe_local(&self) -> broadcast::Receiver<Arc<JobEvent>> {
         self.local.subscribe()
     }
 
     /// A receiver of every event published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<JobEvent>> {
         self.tx.subscribe()
     }
 }

@@ -299,7 +299,7 @@ impl Dispatcher {
     }
 
     /// Every event published from now on. Filter by [`JobEvent::owner`] before showing one to a user.
-    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<JobEvent>> {
         self.inner.bus.subscribe()
     }
 

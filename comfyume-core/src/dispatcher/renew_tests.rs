@@ -109,7 +109,7 @@ async fn late_heartbeats_do_not_let_the_servers_own_reaper_run_a_job_twice() {
             .expect("the job ends within an hour of (paused) time")
             .unwrap();
         let terminal = event.kind.is_terminal();
-        seen.push(event.kind);
+        seen.push(event.kind.clone());
         if terminal {
             break;
         }

@@ -175,7 +175,7 @@ impl InferenceProvider for Arc<ScriptedProvider> {
 struct Harness {
     dispatcher: Dispatcher,
     store: Arc<MemoryStore>,
-    events: broadcast::Receiver<JobEvent>,
+    events: broadcast::Receiver<Arc<JobEvent>>,
     /// Events already received for jobs nobody was waiting on yet.
     pending: HashMap<JobId, VecDeque<EventKind>>,
     _dir: tempfile::TempDir,
@@ -243,10 +243,11 @@ fn spec(user: &str) -> JobSpec {
 impl Harness {
     /// The next event of any job (an hour of paused time at most).
     async fn next_event(&mut self) -> JobEvent {
-        tokio::time::timeout(Duration::from_secs(3600), self.events.recv())
+        let event = tokio::time::timeout(Duration::from_secs(3600), self.events.recv())
             .await
             .expect("no event within an hour of (paused) time")
-            .expect("event bus closed")
+            .expect("event bus closed");
+        Arc::unwrap_or_clone(event)
     }
 
     /// This job's events until its terminal one. Events of other jobs seen meanwhile are kept for them.

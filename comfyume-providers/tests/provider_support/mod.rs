@@ -132,7 +132,11 @@ impl Env {
     }
 
     /// Submits a workflow for `owner` and returns the job with a subscription opened before it.
-    pub async fn submit(&self, owner: &str, workflow: Value) -> (Job, broadcast::Receiver<JobEvent>) {
+    pub async fn submit(
+        &self,
+        owner: &str,
+        workflow: Value,
+    ) -> (Job, broadcast::Receiver<std::sync::Arc<JobEvent>>) {
         let events = self.dispatcher.subscribe();
         let job = self
             .dispatcher
@@ -190,7 +194,10 @@ fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) {
 }
 
 /// Collects one job's events until its terminal one (fails the test after [`WAIT`]).
-pub async fn until_terminal(events: &mut broadcast::Receiver<JobEvent>, job: JobId) -> Vec<EventKind> {
+pub async fn until_terminal(
+    events: &mut broadcast::Receiver<std::sync::Arc<JobEvent>>,
+    job: JobId,
+) -> Vec<EventKind> {
     let mut kinds = Vec::new();
     let collect = async {
         loop {
@@ -199,7 +206,7 @@ pub async fn until_terminal(events: &mut broadcast::Receiver<JobEvent>, job: Job
                 continue;
             }
             let terminal = event.kind.is_terminal();
-            kinds.push(event.kind);
+            kinds.push(event.kind.clone());
             if terminal {
                 return;
             }
@@ -213,7 +220,7 @@ pub async fn until_terminal(events: &mut broadcast::Receiver<JobEvent>, job: Job
 
 /// Waits for the first event of `job` that `pred` accepts, returning the events seen up to it.
 pub async fn until(
-    events: &mut broadcast::Receiver<JobEvent>,
+    events: &mut broadcast::Receiver<std::sync::Arc<JobEvent>>,
     job: JobId,
     pred: impl Fn(&EventKind) -> bool,
 ) -> Vec<EventKind> {
@@ -225,7 +232,7 @@ pub async fn until(
                 continue;
             }
             let hit = pred(&event.kind);
-            kinds.push(event.kind);
+            kinds.push(event.kind.clone());
             if hit {
                 return;
             }

@@ -219,7 +219,7 @@ impl Stream {
         self,
         socket: WebSocket,
         state: AppState,
-        mut events: tokio::sync::broadcast::Receiver<JobEvent>,
+        mut events: tokio::sync::broadcast::Receiver<Arc<JobEvent>>,
         job: Option<comfyume_core::Job>,
     ) {
         let token = state.shutdown_token().clone();
@@ -292,7 +292,7 @@ impl Stream {
                         if self.follows_positions() {
                             track(&mut tracked, &event);
                         }
-                        if !self.forward(&mut tx, event).await {
+                        if !self.forward(&mut tx, &event).await {
                             break false;
                         }
                     }
@@ -335,7 +335,7 @@ impl Stream {
     }
 
     /// Sends one event (a preview as a header and a binary frame, when asked for).
-    async fn forward(&self, tx: &mut Sender, event: JobEvent) -> bool {
+    async fn forward(&self, tx: &mut Sender, event: &JobEvent) -> bool {
         if let EventKind::Preview { content_type, data } = &event.kind {
             if !self.previews {
                 return true;
@@ -350,7 +350,7 @@ impl Stream {
             });
             return send_json(tx, &header).await && send(tx, Message::Binary(data.clone())).await;
         }
-        send_json(tx, &event).await
+        send_json(tx, event).await
     }
 
     /// Sends the positions of the tracked jobs if they differ from the last ones sent.

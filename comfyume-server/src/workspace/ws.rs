@@ -19,6 +19,7 @@
 //! Nothing of another user's jobs ever reaches the socket: events are filtered by owner first.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -116,7 +117,7 @@ impl Socket {
         mut self,
         socket: WebSocket,
         state: AppState,
-        mut events: tokio::sync::broadcast::Receiver<JobEvent>,
+        mut events: tokio::sync::broadcast::Receiver<Arc<JobEvent>>,
     ) {
         let (mut tx, mut rx) = socket.split();
         let limits = state.config().events.clone();
@@ -134,7 +135,9 @@ impl Socket {
             let ok = tokio::select! {
                 _ = shutdown.cancelled() => false,
                 received = events.recv() => match received {
-                    Ok(event) if &event.owner == self.ws.user() => self.on_event(&mut tx, timeout, &state, event).await,
+                    Ok(event) if &event.owner == self.ws.user() => {
+                        self.on_event(&mut tx, timeout, &state, Arc::unwrap_or_clone(event)).await
+                    }
                     Ok(_) => true,
                     // Missed events: the frontend re-reads the queue on the next status.
                     Err(RecvError::Lagged(_)) => self.send_status(&mut tx, timeout, &state).await,

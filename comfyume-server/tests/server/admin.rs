@@ -23,7 +23,7 @@ async fn submit_ok(s: &Server, who: &str) -> JobId {
 /// Resumes the queue and waits until every job of `ids` ended; the jobs the provider ran, in order.
 async fn resume_and_run(
     s: &Server,
-    events: &mut tokio::sync::broadcast::Receiver<comfyume_core::JobEvent>,
+    events: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<comfyume_core::JobEvent>>,
     ids: &[JobId],
 ) -> Vec<JobId> {
     admin(s, Method::POST, "/api/v1/admin/queue/resume", None).await;

@@ -391,7 +391,11 @@ impl Server {
     }
 
     /// Submits a job that hangs on the provider and waits until it runs there.
-    pub async fn submit_running(&self, who: &str, events: &mut broadcast::Receiver<JobEvent>) -> JobId {
+    pub async fn submit_running(
+        &self,
+        who: &str,
+        events: &mut broadcast::Receiver<std::sync::Arc<JobEvent>>,
+    ) -> JobId {
         let id = job_id(&self.submit(who, workflow(Behaviour::Hang)).await);
         wait_event(events, |e| {
             e.job_id == id && e.kind == comfyume_core::EventKind::Started
@@ -521,13 +525,13 @@ pub fn job_id(view: &Value) -> JobId {
 
 /// Waits for an engine event matching `pred`.
 pub async fn wait_event(
-    events: &mut broadcast::Receiver<JobEvent>,
+    events: &mut broadcast::Receiver<std::sync::Arc<JobEvent>>,
     mut pred: impl FnMut(&JobEvent) -> bool,
 ) -> JobEvent {
     tokio::time::timeout(WAIT, async {
         loop {
             match events.recv().await {
-                Ok(e) if pred(&e) => return e,
+                Ok(e) if pred(&e) => return std::sync::Arc::unwrap_or_clone(e),
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(e) => panic!("event bus closed: {e}"),
@@ -539,7 +543,7 @@ pub async fn wait_event(
 }
 
 /// Waits for the terminal event of `job`.
-pub async fn wait_end(events: &mut broadcast::Receiver<JobEvent>, job: JobId) -> JobEvent {
+pub async fn wait_end(events: &mut broadcast::Receiver<std::sync::Arc<JobEvent>>, job: JobId) -> JobEvent {
     wait_event(events, |e| e.job_id == job && e.kind.is_terminal()).await
 }
 

@@ -18,6 +18,13 @@ struct Relayed {
     event: JobEvent,
 }
 
+/// [`Relayed`] as it is sent (the same JSON), borrowing the shared event.
+#[derive(Serialize)]
+struct RelayedRef<'a> {
+    origin: &'a str,
+    event: &'a JobEvent,
+}
+
 /// Jobs another server is running whose events this server has relayed, so that a lost subscription can
 /// be caught up on from the jobs' state.
 type Following = Arc<Mutex<HashSet<JobId>>>;
@@ -59,9 +66,9 @@ impl RedisStore {
             if matches!(event.kind, EventKind::Preview { .. }) {
                 continue;
             }
-            let message = Relayed {
-                origin: origin.clone(),
-                event,
+            let message = RelayedRef {
+                origin: &origin,
+                event: &event,
             };
             let Ok(text) = serde_json::to_string(&message) else {
                 continue;
