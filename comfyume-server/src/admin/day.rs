@@ -184,6 +184,29 @@ impl DayBook {
         }
     }
 
+    /// Brings the book in line with jobs as stored, after it missed events (the bus ran ahead of it):
+    /// jobs it never heard of are added, and an end or a dispatch it missed is taken from the store.
+    /// What events told it and the store agrees with is kept (events know more: when an attempt ran).
+    pub fn catch_up<'a>(&self, stored: impl IntoIterator<Item = &'a Job>) {
+        let mut jobs = self.lock();
+        for job in stored {
+            let Some(entry) = jobs.get_mut(&job.id) else {
+                jobs.insert(job.id, DayJob::from_job(job));
+                continue;
+            };
+            if entry.dispatched_at.is_none() {
+                entry.dispatched_at = job.started_at;
+            }
+            if entry.finished_at.is_none() && job.finished_at.is_some() {
+                let dispatched_at = entry.dispatched_at;
+                *entry = DayJob {
+                    dispatched_at,
+                    ..DayJob::from_job(job)
+                };
+            }
+        }
+    }
+
     /// Forgets jobs that ended before `before`.
     pub fn prune(&self, before: Timestamp) {
         self.lock()
@@ -339,31 +362,44 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Rebuilds the book from the store, then follows the event bus until the server shuts down.
+/// How often a book that missed events catches up from the store (at most).
+const CATCH_UP_EVERY: Duration = Duration::from_secs(10);
+
+/// Rebuilds the book from the store, then follows the event bus until the server shuts down. When it falls
+/// behind the bus (events missed), it catches up from the store at the next [`CATCH_UP_EVERY`] tick, so the
+/// charts and usage do not keep a job as waiting whose end it missed.
 pub(crate) async fn follow(state: AppState) {
     let token = state.shutdown_token().clone();
     let engine = state.engine();
     let book = state.day_book();
     let mut events = engine.subscribe();
-    let cutoff = Timestamp(engine.clock().now().0.saturating_sub(millis(KEEP)));
-    load_from_store(&state, cutoff).await;
+    let cutoff = || Timestamp(engine.clock().now().0.saturating_sub(millis(KEEP)));
+    read_store(&state, cutoff(), |book, jobs| book.load(jobs)).await;
     let mut prune = tokio::time::interval(Duration::from_secs(600));
+    let mut catch_up = tokio::time::interval(CATCH_UP_EVERY);
+    let mut behind = false;
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
-            _ = prune.tick() => {
-                book.prune(Timestamp(engine.clock().now().0.saturating_sub(millis(KEEP))));
+            _ = prune.tick() => book.prune(cutoff()),
+            _ = catch_up.tick(), if behind => {
+                behind = false;
+                read_store(&state, cutoff(), |book, jobs| book.catch_up(jobs)).await;
             }
             event = events.recv() => match event {
                 Ok(e) => book.record(&e),
-                Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "the admin day book missed events"),
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "the admin day book missed events; it catches up from the store");
+                    behind = true;
+                }
                 Err(RecvError::Closed) => return,
             },
         }
     }
 }
 
-async fn load_from_store(state: &AppState, cutoff: Timestamp) {
+/// Hands the stored jobs of the period (newest first, page by page) to `take`.
+async fn read_store(state: &AppState, cutoff: Timestamp, take: fn(&DayBook, Vec<&Job>)) {
     const PAGE: usize = 500;
     let mut offset = 0;
     while offset < MAX_LOADED {
@@ -375,7 +411,7 @@ async fn load_from_store(state: &AppState, cutoff: Timestamp) {
         let page = match state.engine().list(&filter).await {
             Ok(page) => page,
             Err(e) => {
-                tracing::warn!(error = %e, "the admin page's usage and charts start empty: the store did not answer");
+                tracing::warn!(error = %e, "the admin page's usage and charts are incomplete: the store did not answer");
                 return;
             }
         };
@@ -383,7 +419,7 @@ async fn load_from_store(state: &AppState, cutoff: Timestamp) {
             .iter()
             .filter(|j| j.finished_at.is_none_or(|f| f >= cutoff))
             .collect();
-        state.day_book().load(recent);
+        take(state.day_book(), recent);
         // Newest first: once a whole page was created before the cutoff, the rest is older still.
         if page.len() < PAGE || page.iter().all(|j| j.created_at < cutoff) {
             return;
@@ -431,6 +467,95 @@ mod tests {
         );
         e(started, EventKind::Started);
         e(ended, end);
+    }
+
+    /// A job as the store would hold it.
+    fn stored(id: JobId, owner: &str, state: JobState, times: [Option<u64>; 3]) -> Job {
+        Job {
+            id,
+            spec: comfyume_core::JobSpec::new(UserId::new(owner).unwrap(), serde_json::json!({})),
+            state,
+            seq: 1,
+            attempts: 1,
+            stalls: 0,
+            cancel_requested: false,
+            not_before: None,
+            provider: None,
+            created_at: Timestamp(times[0].unwrap_or(0)),
+            started_at: times[1].map(Timestamp),
+            finished_at: times[2].map(Timestamp),
+            outputs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_book_that_missed_events_catches_up_from_the_store() {
+        let book = DayBook::default();
+        let min = 60_000;
+        // It heard job a queued and dispatched, job b queued; then it missed every later event, and job c.
+        let (a, b, c) = (JobId::new(), JobId::new(), JobId::new());
+        for (id, kind, at) in [
+            (a, EventKind::Queued { reason: None }, 1_000),
+            (
+                a,
+                EventKind::Dispatched {
+                    provider: "p".into(),
+                    attempt: 1,
+                },
+                2_000,
+            ),
+            (a, EventKind::Started, 2_000),
+            (b, EventKind::Queued { reason: None }, 3_000),
+        ] {
+            let mut e = event(id, 0, kind);
+            e.at = Timestamp(at);
+            book.record(&e);
+        }
+        let depth = |book: &DayBook| -> Vec<usize> {
+            let h = book.history(Timestamp(0), Timestamp(3 * min));
+            h.buckets.iter().map(|b| b.waiting_max).collect()
+        };
+        assert_eq!(depth(&book), [1, 1, 1], "b looks as if it still waits");
+        let usage = book.usage(Timestamp(0), Timestamp(3 * min));
+        assert_eq!((usage[0].submitted, usage[0].succeeded), (2, 0));
+
+        // In the store: a succeeded, b was dispatched at 1 min and succeeded, c came and failed.
+        let failure = comfyume_core::Failure::new(comfyume_core::FailureKind::NodeError, "x");
+        let jobs = [
+            stored(
+                a,
+                "alice",
+                JobState::Succeeded,
+                [Some(1_000), Some(2_000), Some(12_000)],
+            ),
+            stored(
+                b,
+                "alice",
+                JobState::Succeeded,
+                [Some(3_000), Some(min), Some(min + 5_000)],
+            ),
+            stored(
+                c,
+                "bob",
+                JobState::Failed { failure },
+                [Some(4_000), Some(min + 5_000), Some(min + 6_000)],
+            ),
+        ];
+        book.catch_up(&jobs);
+        assert_eq!(
+            depth(&book),
+            [2, 2, 0],
+            "b and c wait into minute 1, nothing after"
+        );
+        let usage = book.usage(Timestamp(0), Timestamp(3 * min));
+        let alice = &usage[0];
+        assert_eq!((alice.submitted, alice.succeeded, alice.failed), (2, 2, 0));
+        assert!((alice.gpu_seconds - 15.0).abs() < 1e-9, "{alice:?}");
+        assert_eq!((usage[1].user.as_str(), usage[1].failed), ("bob", 1));
+        // Catching up again changes nothing.
+        book.catch_up(&jobs);
+        assert_eq!(depth(&book), [2, 2, 0]);
+        assert_eq!(book.len(), 3);
     }
 
     #[test]
