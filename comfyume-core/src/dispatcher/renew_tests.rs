@@ -91,29 +91,9 @@ async fn late_heartbeats_do_not_let_the_servers_own_reaper_run_a_job_twice() {
         delay: Duration::from_secs(28),
     });
     let provider = ScriptedProvider::new("gpu", 1, ok_script(Duration::from_secs(100)));
-    let dir = tempfile::tempdir().unwrap();
-    let dispatcher = Dispatcher::new(
-        store.clone(),
-        Arc::new(LocalDirSink::new(dir.path())),
-        vec![Arc::new(provider.clone())],
-        SchedulerConfig::default(),
-        config(),
-    );
-    let mut events = dispatcher.subscribe();
-    dispatcher.start().await.unwrap();
-    let job = dispatcher.submit(spec("alice")).await.unwrap();
-    let mut seen = Vec::new();
-    loop {
-        let event = tokio::time::timeout(Duration::from_secs(3600), events.recv())
-            .await
-            .expect("the job ends within an hour of (paused) time")
-            .unwrap();
-        let terminal = event.kind.is_terminal();
-        seen.push(event.kind.clone());
-        if terminal {
-            break;
-        }
-    }
+    let mut h = harness_with_store(store, vec![Arc::new(provider.clone())], config()).await;
+    let job = h.dispatcher.submit(spec("alice")).await.unwrap();
+    let seen = h.events_until_terminal(job.id).await;
     assert_eq!(
         names(&seen),
         [
@@ -127,10 +107,9 @@ async fn late_heartbeats_do_not_let_the_servers_own_reaper_run_a_job_twice() {
         "{seen:?}"
     );
     assert_eq!(provider.submits(), [job.id], "the job ran once");
-    let done = store.get(job.id).await.unwrap().unwrap();
+    let done = h.job(job.id).await;
     assert_eq!(
         (done.state, done.attempts, done.stalls),
         (JobState::Succeeded, 1, 0)
     );
-    dispatcher.shutdown(Duration::from_secs(1)).await;
 }

@@ -16,7 +16,7 @@ async fn an_engine_runs_jobs_another_engine_accepted_and_each_runs_once() {
     let full = ScriptedProvider::new("full", 0, ok_script(Duration::from_secs(1)));
     let free = ScriptedProvider::new("free", 1, ok_script(Duration::from_secs(1)));
     let a = harness_with_store(
-        Arc::clone(&store),
+        store.clone(),
         vec![Arc::new(full.clone())],
         DispatcherConfig {
             holder: "a".into(),
@@ -25,7 +25,7 @@ async fn an_engine_runs_jobs_another_engine_accepted_and_each_runs_once() {
     )
     .await;
     let mut b = harness_with_store(
-        Arc::clone(&store),
+        store.clone(),
         vec![Arc::new(free.clone())],
         DispatcherConfig {
             holder: "b".into(),

@@ -174,7 +174,7 @@ impl InferenceProvider for Arc<ScriptedProvider> {
 
 struct Harness {
     dispatcher: Dispatcher,
-    store: Arc<MemoryStore>,
+    store: Arc<dyn JobStore>,
     events: broadcast::Receiver<Arc<JobEvent>>,
     /// Events already received for jobs nobody was waiting on yet.
     pending: HashMap<JobId, VecDeque<EventKind>>,
@@ -211,7 +211,7 @@ async fn harness(providers: Vec<Arc<dyn InferenceProvider>>, config: DispatcherC
 }
 
 async fn harness_with_store(
-    store: Arc<MemoryStore>,
+    store: Arc<dyn JobStore>,
     providers: Vec<Arc<dyn InferenceProvider>>,
     config: DispatcherConfig,
 ) -> Harness {

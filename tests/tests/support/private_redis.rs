@@ -18,23 +18,16 @@ pub struct PrivateRedis {
 impl PrivateRedis {
     /// Starts one with `appendonly yes` (every write fsynced) on a free port, and waits until it answers.
     pub async fn start() -> PrivateRedis {
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let mut redis = PrivateRedis {
-            port,
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-            tls_password: None,
-        };
-        redis.run().await;
-        redis
+        Self::start_with(None).await
     }
 
     /// Starts one that takes only TLS connections (a certificate signed by a CA of its own, made with
     /// `openssl`: [`PrivateRedis::ca_file`]) and the password `password`.
     pub async fn start_tls(password: &str) -> PrivateRedis {
+        Self::start_with(Some(password.to_owned())).await
+    }
+
+    async fn start_with(tls_password: Option<String>) -> PrivateRedis {
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
@@ -43,9 +36,11 @@ impl PrivateRedis {
             port,
             dir: tempfile::tempdir().unwrap(),
             child: None,
-            tls_password: Some(password.to_owned()),
+            tls_password,
         };
-        redis.make_certificates();
+        if redis.tls_password.is_some() {
+            redis.make_certificates();
+        }
         redis.run().await;
         redis
     }

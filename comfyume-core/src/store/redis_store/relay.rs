@@ -11,14 +11,14 @@ use tokio::sync::broadcast::error::RecvError;
 use super::*;
 use crate::event::{EventBus, EventKind, JobEvent};
 
-/// An event on the pool's channel: who sent it, and the event.
-#[derive(Serialize, Deserialize)]
+/// An event on the pool's channel, as received: who sent it, and the event.
+#[derive(Deserialize)]
 struct Relayed {
     origin: String,
     event: JobEvent,
 }
 
-/// [`Relayed`] as it is sent (the same JSON), borrowing the shared event.
+/// An event on the pool's channel, as sent ([`Relayed`]'s JSON), borrowing the shared event.
 #[derive(Serialize)]
 struct RelayedRef<'a> {
     origin: &'a str,
